@@ -1,0 +1,41 @@
+"""colhead: reuse pretrained vision columns.
+
+Extract a frozen pretrained column's features once into a self-describing HDF5 cache, then
+train fast heads (logistic regression, MLP, k-NN) on the cached vectors and compare them with
+a model trained from scratch.
+
+Nothing heavy is imported here: ``import colhead`` must stay cheap, so torch and h5py load
+only when a function that needs them is called.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "extract", "open_cache", "list_columns", "get_column"]
+
+
+def extract(*args, **kwargs):
+    """Run a column over a dataset into a cache. See :func:`colhead.extract.extract`."""
+    from .extract import extract as _extract
+
+    return _extract(*args, **kwargs)
+
+
+def open_cache(*args, **kwargs):
+    """Open a feature cache as numpy arrays. See :func:`colhead.cache.open_cache`."""
+    from .cache import open_cache as _open_cache
+
+    return _open_cache(*args, **kwargs)
+
+
+def list_columns():
+    """Names of the registered columns. See :func:`colhead.extract.list_columns`."""
+    from .extract import list_columns as _list_columns
+
+    return _list_columns()
+
+
+def get_column(name: str):
+    """The spec of a column by name. See :func:`colhead.extract.get_column`."""
+    from .extract import get_column as _get_column
+
+    return _get_column(name)
