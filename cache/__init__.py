@@ -1,0 +1,23 @@
+"""The feature cache: one self-describing HDF5 format, its writer, reader and tools.
+
+Only this package touches h5py.
+"""
+
+from ._format import CacheError, CacheMismatchError, column_key, config_key
+from ._inspect import cache_info, verify_cache
+from ._lock import CacheLockedError
+from ._reader import FeatureCache, open_cache
+from ._writer import CacheWriter
+
+__all__ = [
+    "CacheError",
+    "CacheLockedError",
+    "CacheMismatchError",
+    "CacheWriter",
+    "FeatureCache",
+    "cache_info",
+    "column_key",
+    "config_key",
+    "open_cache",
+    "verify_cache",
+]

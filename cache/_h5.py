@@ -1,0 +1,178 @@
+"""Low-level HDF5 helpers: the only module (with the writer and reader) that touches h5py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ._format import (
+    COMMIT_LEN,
+    C_CLASSES,
+    C_COMPLETE,
+    C_ROWS,
+    C_SKIPPED,
+    FORMAT,
+    SCHEMA_VERSION,
+    CacheError,
+    dump_attr,
+    feature_chunk_rows,
+    load_attr,
+)
+
+STR = h5py.string_dtype("utf-8")
+ROW_FIELDS = ("features", "labels", "ids", "hashes", "stats", "live")
+SKIP_FIELDS = ("ids", "hashes", "stats", "reasons", "live")
+
+
+def open_read(path: str | os.PathLike) -> h5py.File:
+    """Open a cache for reading, safely even while a writer appends (SWMR).
+
+    Raises CacheError with a readable message for a missing, unreadable or foreign file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No cache file at {path}.")
+    if path.is_dir():
+        raise CacheError(f"{path} is a directory, not a cache file.")
+    try:
+        f = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+    except OSError:
+        try:  # a plain (non-SWMR) HDF5 file: readable, though not one of ours
+            f = h5py.File(path, "r", locking=False)
+        except OSError as e:
+            raise CacheError(
+                f"{path} cannot be read as HDF5 ({_reason(e)}); it is truncated, corrupt or not a "
+                "colhead cache. Run `colhead cache verify` on it; to start over, delete it."
+            ) from None
+    try:
+        check_header(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).split("(")[0].strip() or type(e).__name__
+    return msg[:200]
+
+
+def check_header(f: h5py.File, path) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise CacheError(f"{path} is an HDF5 file but not a colhead feature cache.")
+    version = int(f.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} has cache schema version {version}; this colhead reads version "
+            f"{SCHEMA_VERSION}. Re-extract it with this version, or use the colhead that made it."
+        )
+    for name in ROW_FIELDS + ("classes", "commit"):
+        if name not in f:
+            raise CacheError(f"{path} is missing the dataset /{name}: it is corrupt.")
+
+
+def read_commit(f: h5py.File, path) -> np.ndarray:
+    try:
+        commit = np.asarray(f["commit"][:], dtype=np.float64)
+    except (OSError, KeyError) as e:
+        raise CacheError(f"{path}: cannot read /commit ({_reason(e)}); the file is corrupt.")
+    if commit.shape != (COMMIT_LEN,) or not np.all(np.isfinite(commit)) or np.any(commit < 0):
+        raise CacheError(f"{path}: /commit holds {commit.tolist()}, which is not valid.")
+    n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
+    for name in ROW_FIELDS:
+        if f[name].shape[0] < n:
+            raise CacheError(
+                f"{path}: /commit says {n} rows but /{name} holds {f[name].shape[0]}; corrupt."
+            )
+    for name in SKIP_FIELDS:
+        if f["skipped"][name].shape[0] < m:
+            raise CacheError(f"{path}: /commit says {m} skipped items but /skipped/{name} is short.")
+    if f["classes"].shape[0] < nc:
+        raise CacheError(f"{path}: /commit says {nc} classes but /classes is short.")
+    return commit
+
+
+def read_attrs(f: h5py.File) -> tuple[dict, dict]:
+    return load_attr(f.attrs.get("identity"), "identity"), load_attr(
+        f.attrs.get("metadata"), "metadata"
+    )
+
+
+def create(path: Path, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
+    """Create an empty cache at ``path`` atomically (build aside, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
+    try:
+        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
+            _layout(f, identity=identity, metadata=metadata, dim=dim, store_dtype=store_dtype)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _layout(f: h5py.File, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
+    from ._format import config_key
+
+    dt = np.dtype(store_dtype)
+    rows = feature_chunk_rows(dim, dt.itemsize)
+    f.create_dataset("features", (0, dim), dt, maxshape=(None, dim), chunks=(rows, dim))
+    f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(4096,))
+    f.create_dataset("ids", (0,), STR, maxshape=(None,), chunks=(1024,))
+    f.create_dataset("hashes", (0,), "S64", maxshape=(None,), chunks=(1024,))
+    f.create_dataset("stats", (0, 2), np.int64, maxshape=(None, 2), chunks=(2048, 2))
+    f.create_dataset("live", (0,), np.uint8, maxshape=(None,), chunks=(8192,))
+    f.create_dataset("classes", (0,), STR, maxshape=(None,), chunks=(256,))
+    g = f.create_group("skipped")
+    g.create_dataset("ids", (0,), STR, maxshape=(None,), chunks=(256,))
+    g.create_dataset("hashes", (0,), "S64", maxshape=(None,), chunks=(256,))
+    g.create_dataset("stats", (0, 2), np.int64, maxshape=(None, 2), chunks=(256, 2))
+    g.create_dataset("reasons", (0,), STR, maxshape=(None,), chunks=(256,))
+    g.create_dataset("live", (0,), np.uint8, maxshape=(None,), chunks=(1024,))
+    f.create_dataset("commit", data=np.zeros(COMMIT_LEN, np.float64))
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["identity"] = dump_attr(identity)
+    f.attrs["config_key"] = config_key(identity)
+    f.attrs["metadata"] = dump_attr(metadata)
+
+
+def copy_committed(src: h5py.File, src_path, dst: Path) -> None:
+    """Write a fresh file at ``dst`` holding exactly the committed content of ``src``.
+
+    Used to recover a file whose writer died (SWMR leaves a 'file in use' flag that only a
+    rewrite clears) and by merge/compact. Builds aside and renames, so ``dst`` is never half made.
+    """
+    commit = read_commit(src, src_path)
+    identity, metadata = read_attrs(src)
+    n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy")
+    try:
+        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
+            feats = src["features"]
+            _layout(
+                f,
+                identity=identity,
+                metadata=metadata,
+                dim=feats.shape[1],
+                store_dtype=feats.dtype.str,
+            )
+            for name in ROW_FIELDS:
+                _put(f[name], src[name], n)
+            for name in SKIP_FIELDS:
+                _put(f["skipped"][name], src["skipped"][name], m)
+            _put(f["classes"], src["classes"], nc)
+            f["commit"][:] = commit
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _put(dst, src, n: int, block: int = 65536) -> None:
+    dst.resize((n,) + dst.shape[1:])
+    for i in range(0, n, block):
+        j = min(n, i + block)
+        dst[i:j] = src[i:j]
