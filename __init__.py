@@ -13,11 +13,14 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "extract", "open_cache", "list_columns", "get_column"]
 
 
-def extract(*args, **kwargs):
-    """Run a column over a dataset into a cache. See :func:`colhead.extract.extract`."""
-    from .extract import extract as _extract
+def __getattr__(name: str):
+    # ``colhead.extract`` is the extract subpackage, which is callable: importing it lazily
+    # keeps ``import colhead`` free of torch while ``colhead.extract(...)`` still works.
+    if name == "extract":
+        import importlib
 
-    return _extract(*args, **kwargs)
+        return importlib.import_module(".extract", __name__)
+    raise AttributeError(f"module 'colhead' has no attribute {name!r}")
 
 
 def open_cache(*args, **kwargs):

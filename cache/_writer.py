@@ -160,6 +160,10 @@ class CacheWriter:
 
     def retire(self, rows=(), skipped=()) -> None:
         """Mark rows (and skipped entries) as no longer current: changed or gone items."""
+        for table, idx in ((self.existing.rows, rows), (self.existing.skipped, skipped)):
+            gone = set(int(i) for i in idx)
+            for id_ in [k for k, v in table.items() if v[0] in gone]:
+                del table[id_]
         for ds, idx in ((self._f["live"], rows), (self._f["skipped"]["live"], skipped)):
             idx = np.unique(np.asarray(list(idx), dtype=np.int64))
             if len(idx):
