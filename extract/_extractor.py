@@ -83,8 +83,16 @@ def _check_writable(path: Path) -> None:
         raise PermissionError(f"Cannot create the output folder {parent}: {e.strerror}.") from None
     if path.is_dir():
         raise IsADirectoryError(f"--out {path} is a folder; give a file name, or use --cache-dir.")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(f"Cannot write {path}: no write permission. Choose another --out.")
+    probe = parent / f".colhead-probe-{os.getpid()}"
+    try:  # os.access says yes to root everywhere; only a real create tells the truth
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"Cannot write to {parent}: {e.strerror}. Choose another --out or --cache-dir."
+        ) from None
 
 
 def versions() -> dict:

@@ -1,0 +1,127 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from colhead.extract import parse_dataset
+from conftest import photo, write_image
+
+
+def test_folder_with_class_subfolders(image_folder):
+    ds = parse_dataset(f"folder:{image_folder}")
+    assert ds.classes == ["cat", "dog", "eel"]
+    assert len(ds) == 12 and ds.ids == sorted(ds.ids)
+    assert ds.ids[0] == "cat/cat0.jpg" and ds.labels[0] == "cat"
+    assert ds.spec == f"folder:{image_folder.resolve()}"
+
+
+def test_flat_folder_has_no_labels(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", photo(i))
+    (tmp_path / "README.txt").write_text("not an image, ignored")
+    ds = parse_dataset(f"folder:{tmp_path}")
+    assert ds.labels is None and ds.ids == ["0.png", "1.png", "2.png"]
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No folder at"):
+        parse_dataset(f"folder:{tmp_path / 'nope'}")
+
+
+def test_non_utf8_file_names_get_printable_ids(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes, invalid UTF-8
+    write_image(tmp_path / name, photo(0))
+    ds = parse_dataset(f"folder:{tmp_path}")
+    assert ds.ids == ["caf\\xe9.png"]
+    assert ds.read(0)[:4] == b"\x89PNG"
+
+
+def test_symlink_loops_do_not_hang(tmp_path):
+    write_image(tmp_path / "a" / "x.png", photo(0))
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    os.symlink(tmp_path / "self.jpg", tmp_path / "a" / "self.jpg")  # dangling link to itself
+    ds = parse_dataset(f"folder:{tmp_path}")
+    assert "a/x.png" in ds.ids
+
+
+def test_csv_resolves_relative_paths_against_its_folder(image_folder):
+    csv = image_folder / "list.csv"
+    csv.write_text("path,label\ncat/cat0.jpg,feline\ndog/dog1.png,canine\n")
+    ds = parse_dataset(f"csv:{csv}")
+    assert ds.ids == ["cat/cat0.jpg", "dog/dog1.png"]
+    assert ds.classes == ["canine", "feline"] and ds.labels == ["feline", "canine"]
+    assert ds.paths[0] == image_folder / "cat" / "cat0.jpg"
+
+
+def test_csv_may_not_escape_its_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    csv = tmp_path / "sub" / "list.csv"
+    csv.write_text("path,label\n../secret.jpg,x\n")
+    with pytest.raises(ValueError, match="outside the CSV's folder"):
+        parse_dataset(f"csv:{csv}")
+    csv.write_text(f"path,label\n{tmp_path / 'a.jpg'},x\n")
+    with pytest.raises(ValueError, match="outside the CSV's folder"):
+        parse_dataset(f"csv:{csv}")
+    assert len(parse_dataset(f"csv:{csv}", allow_absolute=True)) == 1
+
+
+def test_csv_without_path_column_or_with_missing_label(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_text("file,label\na.jpg,x\n")
+    with pytest.raises(ValueError, match="'path' column"):
+        parse_dataset(f"csv:{csv}")
+    csv.write_text("path,label\na.jpg,\n")
+    with pytest.raises(ValueError, match="missing label"):
+        parse_dataset(f"csv:{csv}")
+
+
+def test_digits_splits_are_disjoint_and_stable():
+    tr, te = parse_dataset("digits", split="train"), parse_dataset("digits", split="test")
+    assert not set(tr.ids) & set(te.ids) and len(tr) + len(te) == 1797
+    assert parse_dataset("digits", split="train").ids == tr.ids
+    assert tr.ids[0].startswith("digits:train:") and tr.arrays.dtype == np.uint8
+
+
+@pytest.mark.parametrize("task,n", [("defect", 4), ("binary", 2), ("type", 2)])
+def test_elpv_tasks(task, n):
+    pytest.importorskip("elpv_dataset")
+    ds = parse_dataset(f"elpv:{task}", split="test")
+    assert len(ds.classes) == n and 600 < len(ds) < 700
+    assert ds.paths[0].is_file() and ds.ids[0].startswith("images/cell")
+
+
+def test_flowers102_in_torchvision_layout(tmp_path):
+    from scipy.io import savemat
+
+    base = tmp_path / "flowers-102"
+    for i in range(1, 7):
+        write_image(base / "jpg" / f"image_{i:05d}.jpg", photo(i))
+    savemat(base / "imagelabels.mat", {"labels": np.array([[1, 1, 2, 2, 102, 102]])})
+    savemat(base / "setid.mat", {"trnid": [[1, 3]], "valid": [[2, 4]], "tstid": [[5, 6]]})
+    tr = parse_dataset(f"flowers102:{tmp_path}", split="train")
+    assert tr.ids == ["jpg/image_00001.jpg", "jpg/image_00003.jpg"]
+    assert tr.labels == ["000", "001"]  # 1-based on disk, 0-based here
+    assert parse_dataset(f"flowers102:{tmp_path}", split="test").labels == ["101", "101"]
+
+
+def test_fashion_mnist_reads_debian_idx_files(tmp_path, monkeypatch):
+    from colhead.extract import _datasets
+
+    imgs = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    head = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in imgs.shape)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(head + imgs.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([9, 0, 3]))
+    monkeypatch.setattr(_datasets, "DEBIAN_FASHION", tmp_path)
+    ds = parse_dataset("fashion-mnist", split="test")
+    assert ds.labels == ["Ankle boot", "T-shirt/top", "Dress"]
+    assert (ds.arrays == imgs).all()
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(ValueError, match="Unknown dataset 'digit'.*'digits'"):
+        parse_dataset("digit")
+    with pytest.raises(ValueError, match="no split 'val'"):
+        parse_dataset("digits", split="val")
