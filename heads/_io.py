@@ -114,11 +114,19 @@ def save_head(head, path: str | os.PathLike, *, meta: dict) -> Path:
 def _entry(archive, name: str, path: Path) -> np.ndarray:
     """One array of the archive; numpy refuses object (pickled) arrays as allow_pickle=False."""
     try:
-        return archive[name]
+        array = archive[name]
     except ValueError as err:
-        raise ValueError(f"{path} entry {name!r} cannot be loaded safely: {err}") from err
+        raise ValueError(
+            f"{path} entry {name!r} is corrupt or not a plain numeric array (pickled objects are "
+            f"refused): {err}"
+        ) from err
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"{path} is a corrupt head file; entry {name!r}: {err}") from err
+    # NpzFile hands back raw bytes for a member that is not a .npy array.
+    if not isinstance(array, np.ndarray):
+        message = f"{path} entry {name!r} is corrupt: it is not a .npy array."
+        raise ValueError(message)  # noqa: TRY004
+    return array
 
 
 def _read_header(archive, path: Path) -> dict:
@@ -173,15 +181,21 @@ def _build(header: dict, state: dict[str, np.ndarray], path: Path):
     dtype = header["classes_dtype"]
     if not _CLASSES_DTYPE.match(dtype):
         raise ValueError(f"{path} stores classes with unsupported dtype {dtype!r}.")
-    classes = np.array(header["classes"], dtype=np.dtype(dtype))
-    if classes.ndim != 1 or len(classes) == 0:
-        raise ValueError(f"{path} stores classes that are not a non-empty flat list.")
+    labels = header["classes"]
+    if not labels or not all(isinstance(c, (str, int, float)) for c in labels):
+        raise ValueError(f"{path} stores classes that are not a non-empty list of labels.")
+    classes = np.array(labels, dtype=np.dtype(dtype))
+    if classes.tolist() != labels:  # e.g. strings longer than a "<U2" dtype would be cut
+        raise ValueError(f"{path} stores classes that do not fit their dtype {dtype!r}.")
 
     head = cls(**params)
     head.classes_ = classes
     head.n_features_in_ = header["n_features_in"]
     if "feature_names_in" in header:
-        head.feature_names_in_ = np.array(header["feature_names_in"], dtype=object)
+        names = header["feature_names_in"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path} stores feature names that are not a list of strings.")
+        head.feature_names_in_ = np.array(names, dtype=object)
     try:
         head._import_state(state)
         # One prediction catches arrays whose shapes disagree with each other or the classes.
@@ -211,7 +225,8 @@ def load_head(path: str | os.PathLike) -> tuple[object, dict]:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} is not a colhead head file (.npz): {err}") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is a single .npy array, not a colhead head file (.npz).")  # noqa: TRY004
+        message = f"{path} is a single .npy array, not a colhead head file (.npz)."
+        raise ValueError(message)  # noqa: TRY004
     with archive:
         header = _read_header(archive, path)
         state = {name: _entry(archive, name, path) for name in archive.files if name != _META}

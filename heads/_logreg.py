@@ -120,6 +120,9 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
                 stratified ``val_size`` split of ``X`` is used.
             y_val: Labels of ``X_val``.
 
+        With ``C`` set there is nothing to select, and ``X_val``/``y_val``, if given, simply
+        join the training data.
+
         Returns:
             self.
         """

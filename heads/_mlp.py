@@ -7,6 +7,8 @@ keeping the weights of the best epoch.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy.special import softmax
@@ -137,7 +139,8 @@ class MLPHead(ClassifierMixin, BaseEstimator):
             )
         if len(classes) < 2:
             raise ValueError(
-                f"MLPHead needs samples of at least 2 classes; got one class, {classes.tolist()[0]!r}."
+                "MLPHead needs samples of at least 2 classes; got one class, "
+                f"{classes.tolist()[0]!r}."
             )
         self.classes_ = classes
         device = _resolve_device(self.device)
@@ -203,9 +206,13 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         module.load_state_dict(best_state)
 
     def _forward(self, module: nn.Module, Z: torch.Tensor) -> torch.Tensor:
-        """Logits in batches, so inference memory does not grow with the number of rows."""
-        parts = [module(Z[s : s + self.batch_size]) for s in range(0, len(Z), self.batch_size)]
-        return torch.cat(parts) if parts else module(Z)
+        """Logits in batches moved to the module's device one at a time, so device memory does
+        not grow with the number of rows."""
+        device = next(module.parameters()).device
+        parts = [
+            module(Z[s : s + self.batch_size].to(device)) for s in range(0, len(Z), self.batch_size)
+        ]
+        return torch.cat(parts)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), columns ordered as ``classes_``."""
@@ -213,7 +220,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float32)
         Z = torch.from_numpy(np.ascontiguousarray((X - self.mean_) / self.std_, dtype=np.float32))
         with torch.inference_mode():
-            logits = self._forward(self.module_, Z.to(self.device_)).cpu().numpy()
+            logits = self._forward(self.module_, Z).cpu().numpy()
         # Softmax in float64 so each row sums to 1 to double precision.
         return softmax(logits.astype(np.float64), axis=1)
 
@@ -251,5 +258,10 @@ class MLPHead(ClassifierMixin, BaseEstimator):
             )
         module = _network(n_features, hidden, len(self.classes_), self.dropout)
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        self.device_ = _resolve_device(self.device)
+        try:
+            self.device_ = _resolve_device(self.device)
+        except ValueError as err:
+            # A head trained with device="cuda" must still load on a CPU-only machine.
+            warnings.warn(f"{err} Loading the MLP head on the CPU instead.", stacklevel=3)
+            self.device_ = torch.device("cpu")
         self.module_ = module.to(self.device_).eval()

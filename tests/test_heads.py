@@ -1,0 +1,395 @@
+"""Tests for the heads: estimator contract, k-NN against brute force, the C sweep, save/load."""
+
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from colhead.heads import HEADS, KNNHead, LogRegHead, MLPHead, _io, load_head, make_head, save_head
+from sklearn.base import clone
+from sklearn.datasets import load_digits, make_classification
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_limits
+
+# Small settings so every head fits in well under a second on 2 cores.
+SMALL = {
+    "logreg": {"Cs": [1e-2, 1.0, 1e2]},
+    "mlp": {"hidden": 16, "max_epochs": 10, "lr": 1e-2, "batch_size": 64, "device": "cpu"},
+    "knn": {"k": 5},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run this module's tiny models on one thread each.
+
+    With two OpenMP/BLAS threads on a 2-core machine that other processes also load, spinning
+    threads make a 20-feature MLP step ~50x slower; one thread is faster for models this small.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def small_head(name):
+    return HEADS[name](**SMALL[name])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
+    return train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_classification(
+        n_samples=300, n_features=20, n_informative=8, n_classes=4, random_state=0
+    )
+    return X.astype(np.float32), y
+
+
+# --- scikit-learn's estimator contract --------------------------------------------------------
+
+
+@parametrize_with_checks([small_head(name) for name in sorted(HEADS)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_clone_gives_equal_unfitted_params(name, blobs):
+    head = small_head(name).fit(*blobs)
+    copy = clone(head)
+    assert copy.get_params() == head.get_params()
+    assert not hasattr(copy, "classes_")
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_predict_proba_shape_and_rows_sum_to_one(name, digits):
+    X_train, X_test, y_train, _ = digits
+    proba = small_head(name).fit(X_train, y_train).predict_proba(X_test)
+    assert proba.shape == (len(X_test), 10)
+    assert np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_make_head_builds_and_suggests():
+    assert make_head("knn", k=3).get_params()["k"] == 3
+    with pytest.raises(ValueError, match=r"Unknown head 'logrg'; available: knn, logreg, mlp\. "):
+        make_head("logrg")
+    with pytest.raises(ValueError, match="Did you mean 'logreg'"):
+        make_head("logrg")
+
+
+# --- k-NN: the DINO protocol, checked against a plain implementation ----------------------------
+
+
+def knn_reference(X_train, y_train, X_test, k, T):
+    """Brute-force weighted k-NN, one query at a time, in float64."""
+    classes = np.unique(y_train)
+    A = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
+    proba = np.zeros((len(X_test), len(classes)))
+    for i, x in enumerate(X_test.astype(np.float64)):
+        sims = A @ (x / np.linalg.norm(x))
+        for j in np.argsort(-sims)[: min(k, len(A))]:
+            proba[i, np.searchsorted(classes, y_train[j])] += np.exp(sims[j] / T)
+    return proba / proba.sum(axis=1, keepdims=True), classes
+
+
+@pytest.mark.parametrize("k", [1, 7, 20, 1000])
+def test_knn_matches_brute_force(k, blobs):
+    X, y = blobs
+    X_train, X_test, y_train = X[:200], X[200:], y[:200]
+    head = KNNHead(k=k, temperature=0.07, batch_size=16).fit(X_train, y_train)
+    expected, classes = knn_reference(X_train.astype(np.float64), y_train, X_test, k, 0.07)
+    np.testing.assert_allclose(head.predict_proba(X_test), expected, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(head.predict(X_test), classes[np.argmax(expected, axis=1)])
+
+
+def test_knn_probabilities_do_not_depend_on_batch_size(blobs):
+    X, y = blobs
+    small = KNNHead(k=10, batch_size=3).fit(X, y).predict_proba(X[:50])
+    large = KNNHead(k=10, batch_size=4096).fit(X, y).predict_proba(X[:50])
+    np.testing.assert_allclose(small, large, rtol=1e-12)
+
+
+def test_knn_with_k_beyond_training_set_uses_every_vote():
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], dtype=np.float32)
+    head = KNNHead(k=50).fit(X, ["a", "b", "a"])
+    proba = head.predict_proba(np.array([[1.0, 0.0]]))
+    assert proba.shape == (1, 2) and 0 < proba[0, 1] < proba[0, 0]
+    assert head.predict(np.array([[0.0, 2.0]]))[0] == "b"
+
+
+def test_knn_rejects_bad_params(blobs):
+    with pytest.raises(ValueError, match="k must be a positive integer; got 0"):
+        KNNHead(k=0).fit(*blobs)
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        KNNHead(temperature=0).fit(*blobs)
+
+
+# --- logistic regression: the C sweep sees validation data only -------------------------------
+
+
+def test_logreg_reaches_sensible_accuracy_on_digits(digits):
+    X_train, X_test, y_train, y_test = digits
+    head = LogRegHead().fit(X_train, y_train)
+    assert head.score(X_test, y_test) > 0.9
+    assert set(head.val_scores_) == {float(c) for c in np.logspace(-6, 5, 12)}
+    assert head.C_ in head.val_scores_
+
+
+def test_logreg_sweep_picks_c_on_validation_only(digits):
+    X, X_test, y, y_test = digits
+    X_train, X_val, y_train, y_val = train_test_split(X, y, test_size=0.3, random_state=1)
+    Cs = [1e-4, 1e-2, 1.0, 1e2]
+    # Relabel the validation set with what the most regularised model predicts: on it, C=1e-4
+    # scores a perfect 1.0, while the honest test set prefers a weaker regularisation. A sweep
+    # that peeked at the test set (or ignored X_val) would pick another C.
+    weak = LogRegHead(C=Cs[0]).fit(X_train, y_train)
+    y_val_fake = weak.predict(X_val)
+    assert not np.array_equal(y_val_fake, y_val)
+    test_acc = {C: LogRegHead(C=C).fit(X_train, y_train).score(X_test, y_test) for C in Cs}
+    assert max(test_acc, key=test_acc.get) != Cs[0]
+
+    head = LogRegHead(Cs=Cs).fit(X_train, y_train, X_val=X_val, y_val=y_val_fake)
+    assert list(head.val_scores_) == Cs
+    assert head.val_scores_[Cs[0]] == 1.0
+    assert head.C_ == Cs[0]
+    # Each score counts correct rows out of the validation rows.
+    assert all(np.isclose(s * len(X_val), round(s * len(X_val))) for s in head.val_scores_.values())
+
+
+def test_logreg_sweep_never_sees_more_than_fit_gets(digits, monkeypatch):
+    X, X_test, y, _ = digits
+    seen = []
+    original = LogRegHead._sweep
+
+    def spy(self, X_tr, y_tr, X_va, y_va):
+        seen.append((X_tr, X_va))
+        return original(self, X_tr, y_tr, X_va, y_va)
+
+    monkeypatch.setattr(LogRegHead, "_sweep", spy)
+    LogRegHead(Cs=[0.1, 1.0], val_size=0.25).fit(X, y)
+    ((X_tr, X_va),) = seen
+    assert len(X_tr) + len(X_va) == len(X) and len(X_va) == int(np.ceil(0.25 * len(X)))
+    rows = {r.tobytes() for r in X.astype(np.float32)}
+    test_only = {r.tobytes() for r in X_test} - rows
+    assert test_only and not test_only & {r.tobytes() for r in np.vstack([X_tr, X_va])}
+
+
+def test_logreg_split_is_seeded(blobs):
+    a = LogRegHead(Cs=[1e-3, 1e-1, 10.0], random_state=3).fit(*blobs)
+    b = LogRegHead(Cs=[1e-3, 1e-1, 10.0], random_state=3).fit(*blobs)
+    assert a.val_scores_ == b.val_scores_ and a.C_ == b.C_
+
+
+def test_logreg_with_fixed_c_skips_the_sweep(blobs):
+    head = LogRegHead(C=0.5).fit(*blobs)
+    assert head.C_ == 0.5 and head.val_scores_ == {}
+
+
+def test_logreg_needs_both_val_arrays(blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match="Pass both X_val and y_val"):
+        LogRegHead().fit(X, y, X_val=X[:10])
+
+
+# --- MLP ---------------------------------------------------------------------------------------
+
+
+def test_mlp_is_deterministic_and_leaves_global_rng_alone(blobs):
+    state = torch.random.get_rng_state()
+    a = small_head("mlp").fit(*blobs).predict_proba(blobs[0])
+    b = small_head("mlp").fit(*blobs).predict_proba(blobs[0])
+    np.testing.assert_array_equal(a, b)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_mlp_early_stopping_keeps_best_epoch(digits):
+    X_train, X_test, y_train, y_test = digits
+    head = MLPHead(hidden=32, max_epochs=200, patience=3, lr=1e-2, device="cpu")
+    head.fit(X_train[:800], y_train[:800], X_val=X_train[800:], y_val=y_train[800:])
+    assert head.n_epochs_ < 200 and head.n_epochs_ - head.best_epoch_ == 3
+    assert head.val_loss_curve_[head.best_epoch_ - 1] == min(head.val_loss_curve_)
+    assert head.score(X_test, y_test) > 0.9
+
+
+def test_mlp_accepts_string_labels(blobs):
+    X, y = blobs
+    labels = np.array(["cat", "dog", "eel", "fox"])[y]
+    head = small_head("mlp").fit(X, labels)
+    assert list(head.classes_) == ["cat", "dog", "eel", "fox"]
+    assert set(head.predict(X)) <= set(head.classes_)
+
+
+# --- save / load: one .npz, no pickle -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", ["int", "str"])
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_save_load_round_trip_is_exact(name, labels, blobs, tmp_path):
+    X, y = blobs
+    if labels == "str":
+        y = np.array(["α", "beta", "gamma", "δέλτα"])[y]
+    head = small_head(name).fit(X, y)
+    meta = {"fingerprint": "abc123", "column": "efficientnet_lite0", "nested": {"n": [1, 2]}}
+    path = save_head(head, tmp_path / "head.bin", meta=meta)
+    assert path == tmp_path / "head.bin" and path.is_file()  # no ".npz" appended
+
+    loaded, loaded_meta = load_head(path)
+    assert type(loaded) is type(head) and loaded_meta == meta
+    assert loaded.get_params() == head.get_params()
+    np.testing.assert_array_equal(loaded.classes_, head.classes_)
+    assert loaded.classes_.dtype == head.classes_.dtype
+    np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+    np.testing.assert_array_equal(loaded.predict(X), head.predict(X))
+
+
+def test_load_never_allows_pickle(blobs, tmp_path, monkeypatch):
+    path = save_head(small_head("knn").fit(*blobs), tmp_path / "h.npz", meta={})
+    calls = []
+    real_load = np.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    load_head(path)
+    assert calls and all(c.get("allow_pickle") is False for c in calls)
+
+
+def _write_npz(path, meta_bytes=None, **arrays):
+    if meta_bytes is not None:
+        arrays["__meta__"] = np.frombuffer(meta_bytes, dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+class _Exploit:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _saved_meta(tmp_path, blobs):
+    path = save_head(small_head("logreg").fit(*blobs), tmp_path / "good.npz", meta={})
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    return json.loads(arrays.pop("__meta__").tobytes()), arrays
+
+
+def test_load_refuses_a_pickle_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "head.npz"
+    path.write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(ValueError, match="not a colhead head file"):
+        load_head(path)
+    assert not marker.exists()
+
+
+def test_load_refuses_a_pickled_array_inside_the_npz(tmp_path, blobs):
+    marker = tmp_path / "pwned"
+    header, arrays = _saved_meta(tmp_path, blobs)
+    arrays["coef"] = np.array([_Exploit(marker)], dtype=object)
+    path = _write_npz(tmp_path / "evil.npz", json.dumps(header).encode(), **arrays)
+    with pytest.raises(ValueError, match="'coef' is corrupt or not a plain numeric array"):
+        load_head(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda h: b"{not json", "not valid JSON"),
+        (lambda h: b"[1, 2, 3]", "not a JSON object"),
+        (lambda h: json.dumps({**h, "kind": "svm"}).encode(), "Unknown head kind 'svm'"),
+        (lambda h: json.dumps({**h, "format": "other"}).encode(), "not a colhead.head file"),
+        (lambda h: json.dumps({**h, "params": {"evil": 1}}).encode(), "unknown parameters"),
+        (lambda h: json.dumps({**h, "classes_dtype": "V8"}).encode(), "unsupported dtype"),
+        (lambda h: json.dumps({**h, "classes": [0, 1]}).encode(), "inconsistent logreg head"),
+        (lambda h: json.dumps({**h, "classes_dtype": "<U1"}).encode(), "do not fit their dtype"),
+        (lambda h: json.dumps(h).encode() + b" " * (2 << 20), "over the 1048576-byte limit"),
+    ],
+)
+def test_load_refuses_tampered_metadata(mutate, message, tmp_path, blobs):
+    header, arrays = _saved_meta(tmp_path, blobs)
+    path = _write_npz(tmp_path / "bad.npz", mutate(header), **arrays)
+    with pytest.raises(ValueError, match=message):
+        load_head(path)
+
+
+def test_load_refuses_missing_arrays_and_other_files(tmp_path, blobs):
+    header, arrays = _saved_meta(tmp_path, blobs)
+    del arrays["coef"]
+    path = _write_npz(tmp_path / "partial.npz", json.dumps(header).encode(), **arrays)
+    with pytest.raises(ValueError, match="inconsistent logreg head"):
+        load_head(path)
+    with pytest.raises(ValueError, match="no __meta__ entry"):
+        load_head(_write_npz(tmp_path / "plain.npz", x=np.zeros(3)))
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="single .npy array"):
+        load_head(tmp_path / "single.npy")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError, match="not a colhead head file"):
+        load_head(tmp_path / "text.npz")
+    with zipfile.ZipFile(tmp_path / "broken.npz", "w") as z:
+        z.writestr("__meta__.npy", b"garbage")
+    with pytest.raises(ValueError, match="'__meta__' is corrupt"):
+        load_head(tmp_path / "broken.npz")
+    with pytest.raises(FileNotFoundError, match="No head file"):
+        load_head(tmp_path / "missing.npz")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
+def test_mlp_saved_for_cuda_loads_on_cpu_with_a_warning(blobs, tmp_path):
+    head = small_head("mlp").fit(*blobs)
+    path = save_head(head, tmp_path / "mlp.npz", meta={})
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    header = json.loads(arrays.pop("__meta__").tobytes())
+    header["params"]["device"] = "cuda"
+    _write_npz(path, json.dumps(header).encode(), **arrays)
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        loaded, _ = load_head(path)
+    assert loaded.device_.type == "cpu"
+    np.testing.assert_array_equal(loaded.predict_proba(blobs[0]), head.predict_proba(blobs[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mlp_trains_on_cuda_and_round_trips(digits, tmp_path):
+    X_train, X_test, y_train, y_test = digits
+    head = MLPHead(hidden=64, max_epochs=40, patience=5).fit(X_train, y_train)
+    assert head.device_.type == "cuda" and next(head.module_.parameters()).is_cuda
+    assert head.score(X_test, y_test) > 0.9
+    again = MLPHead(hidden=64, max_epochs=40, patience=5).fit(X_train, y_train)
+    np.testing.assert_allclose(again.predict_proba(X_test), head.predict_proba(X_test), atol=1e-6)
+    loaded, _ = load_head(save_head(head, tmp_path / "mlp.npz", meta={}))
+    assert loaded.device_.type == "cuda"
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), head.predict_proba(X_test))
+
+
+def test_save_refuses_what_json_cannot_hold(tmp_path, blobs):
+    head = small_head("knn").fit(*blobs)
+    with pytest.raises(ValueError, match="stores parameters and meta as JSON"):
+        save_head(head, tmp_path / "h.npz", meta={"when": object()})
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        save_head(head, tmp_path / "h.npz", meta=["x"])
+    with pytest.raises(ValueError, match="save_head can store"):
+        save_head(StandardScaler(), tmp_path / "h.npz", meta={})
+    assert _io.FORMAT_VERSION == 1 and not list(tmp_path.glob(".*tmp"))
