@@ -10,7 +10,7 @@ only when a function that needs them is called.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "extract", "open_cache", "list_columns", "get_column"]
+__all__ = ["__version__", "extract", "get_column", "list_columns", "open_cache"]
 
 
 def __getattr__(name: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 
 def _add_extract_args(p: argparse.ArgumentParser, *, data_required: bool = True) -> None:
@@ -103,18 +102,27 @@ def _columns(args) -> int:
     for name in list_columns():
         s = get_column(name)
         rows.append(
-            {"name": name, "dim": s.dim, "offline": s.available(), "source": s.source,
-             "licence": s.licence}
+            {
+                "name": name,
+                "dim": s.dim,
+                "offline": s.available(),
+                "source": s.source,
+                "licence": s.licence,
+            }
         )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'column':<22}{'dim':>6}  {'offline':<8}source")
     for r in rows:
-        print(f"{r['name']:<22}{r['dim'] or '?':>6}  {'yes' if r['offline'] else 'no':<8}"
-              f"{r['source']}")
-    print("\nAlso: tv/NAME (any torchvision classifier) and timm/NAME (any timm model); these "
-          "download their weights when online, or take --weights FILE.")
+        print(
+            f"{r['name']:<22}{r['dim'] or '?':>6}  {'yes' if r['offline'] else 'no':<8}"
+            f"{r['source']}"
+        )
+    print(
+        "\nAlso: tv/NAME (any torchvision classifier) and timm/NAME (any timm model); these "
+        "download their weights when online, or take --weights FILE."
+    )
     return 0
 
 
@@ -146,7 +154,9 @@ def _extract(args) -> int:
         result = extract(args.column, args.data, **kwargs)
     print(result.summary())
     if result.skipped_now:
-        print(f"{result.skipped_now} items skipped; see them with: colhead cache info {result.path}")
+        print(
+            f"{result.skipped_now} items skipped; see them with: colhead cache info {result.path}"
+        )
     return 0
 
 
@@ -187,8 +197,7 @@ def format_info(info: dict) -> str:
         f"source     {col.get('source', '')} [{col.get('licence', '')}]",
         f"preprocess {json.dumps(ident.get('preprocess'))}",
         f"precision  {ident.get('precision')}",
-        f"versions   "
-        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
+        "versions   " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
         f"created    {meta.get('created_at', '?')}; {len(runs)} run(s), last on "
         + (f"{runs[-1].get('device', '?')} at {runs[-1].get('started_at', '?')}" if runs else "-"),
         f"key        {info['config_key']}",

@@ -9,11 +9,10 @@ import h5py
 import numpy as np
 
 from ._format import (
-    COMMIT_LEN,
     C_CLASSES,
-    C_COMPLETE,
     C_ROWS,
     C_SKIPPED,
+    COMMIT_LEN,
     FORMAT,
     SCHEMA_VERSION,
     CacheError,
@@ -78,7 +77,9 @@ def read_commit(f: h5py.File, path) -> np.ndarray:
     try:
         commit = np.asarray(f["commit"][:], dtype=np.float64)
     except (OSError, KeyError) as e:
-        raise CacheError(f"{path}: cannot read /commit ({_reason(e)}); the file is corrupt.")
+        raise CacheError(
+            f"{path}: cannot read /commit ({_reason(e)}); the file is corrupt."
+        ) from None
     if commit.shape != (COMMIT_LEN,) or not np.all(np.isfinite(commit)) or np.any(commit < 0):
         raise CacheError(f"{path}: /commit holds {commit.tolist()}, which is not valid.")
     n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
@@ -89,7 +90,9 @@ def read_commit(f: h5py.File, path) -> np.ndarray:
             )
     for name in SKIP_FIELDS:
         if f["skipped"][name].shape[0] < m:
-            raise CacheError(f"{path}: /commit says {m} skipped items but /skipped/{name} is short.")
+            raise CacheError(
+                f"{path}: /commit says {m} skipped items but /skipped/{name} is short."
+            )
     if f["classes"].shape[0] < nc:
         raise CacheError(f"{path}: /commit says {nc} classes but /classes is short.")
     return commit

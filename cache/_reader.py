@@ -140,4 +140,3 @@ def open_cache(
         config_key=config_key(identity),
         column_key=column_key(identity),
     )
-

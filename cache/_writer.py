@@ -133,8 +133,11 @@ class CacheWriter:
         return Existing(
             rows=_index(f["ids"], f["hashes"], f["stats"], f["live"], n),
             skipped=_index(
-                f["skipped"]["ids"], f["skipped"]["hashes"], f["skipped"]["stats"],
-                f["skipped"]["live"], m,
+                f["skipped"]["ids"],
+                f["skipped"]["hashes"],
+                f["skipped"]["stats"],
+                f["skipped"]["live"],
+                m,
             ),
         )
 
@@ -240,7 +243,7 @@ class CacheWriter:
                 self._f = None
                 self._lock.release()
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -18,9 +18,9 @@ import difflib
 import hashlib
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)

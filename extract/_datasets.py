@@ -111,7 +111,9 @@ def parse_dataset(spec: str, *, split: str | None = None, allow_absolute: bool =
 
 def _check_split(name: str, split: str, allowed) -> None:
     if split not in allowed:
-        raise ValueError(f"Dataset {name} has no split {split!r}; choose from {', '.join(allowed)}.")
+        raise ValueError(
+            f"Dataset {name} has no split {split!r}; choose from {', '.join(allowed)}."
+        )
 
 
 def _safe_id(rel: str) -> str:
@@ -187,7 +189,9 @@ def _csv(arg: str, *, allow_absolute: bool) -> Dataset:
         if has_label and not r.get("label"):
             raise ValueError(f"{file}, line {lineno}: missing label for {raw!r}.")
         paths.append(full)
-        ids.append(_safe_id(raw if allow_absolute and p.is_absolute() else os.path.relpath(full, base)))
+        ids.append(
+            _safe_id(raw if allow_absolute and p.is_absolute() else os.path.relpath(full, base))
+        )
         labels.append(r["label"] if has_label else None)
     if not paths:
         raise ValueError(f"{file} lists no images.")
@@ -241,9 +245,7 @@ def _elpv(task: str, split: str) -> Dataset:
             "Dataset elpv needs the elpv-dataset package: pip install 'colhead[demo]'."
         )
     base = Path(spec.origin).parent / "data"
-    rec = np.genfromtxt(
-        base / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "p", "type"]
-    )
+    rec = np.genfromtxt(base / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "p", "type"])
     if task == "defect":
         classes = ["p0.00", "p0.33", "p0.67", "p1.00"]
         lab = np.rint(rec["p"] * 3).astype(int)
@@ -333,7 +335,8 @@ def _flowers102(arg: str, split: str) -> Dataset:
         except Exception as e:
             raise FileNotFoundError(
                 f"Flowers-102 is not under {base} and could not be downloaded ({str(e)[:120]}). "
-                "Pass flowers102:ROOT where ROOT/flowers-102 holds jpg/, imagelabels.mat, setid.mat."
+                "Pass flowers102:ROOT where ROOT/flowers-102 holds jpg/, imagelabels.mat and "
+                "setid.mat."
             ) from None
     from scipy.io import loadmat
 

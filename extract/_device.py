@@ -8,7 +8,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str = "auto"):
-    """"auto" -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    """ "auto" -> cuda when available, else cpu. Asking for cuda without one is an error."""
     import torch
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
@@ -34,7 +34,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device) -> str:
-    """"auto" -> bf16 on CUDA with bf16 (else fp16) and on CPUs with native bf16, else fp32."""
+    """ "auto" -> bf16 on CUDA with bf16 (else fp16) and on CPUs with native bf16, else fp32."""
     import torch
 
     if precision not in PRECISIONS:

@@ -22,7 +22,9 @@ from ._columns import (
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("COLHEAD_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(v, "") not in ("", "0") for v in ("COLHEAD_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def _unavailable(name: str, why: str) -> ColumnUnavailableError:
@@ -125,7 +127,9 @@ def timm_spec(name: str) -> ColumnSpec:
         size,
         tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        cfg.get("interpolation", "bicubic") if cfg.get("interpolation") != "bilinear" else "bilinear",
+        cfg.get("interpolation", "bicubic")
+        if cfg.get("interpolation") != "bilinear"
+        else "bilinear",
     )
 
     def build(weights_file=None):

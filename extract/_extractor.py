@@ -18,7 +18,8 @@ import numpy as np
 
 from ._columns import ColumnSpec, get_column
 from ._datasets import Dataset, parse_dataset
-from ._device import autocast, resolve_device, resolve_precision
+from ._device import resolve_device, resolve_precision
+from ._embedder import Embedder
 from ._images import BadImage, decode, from_array
 
 NO_HASH = "0" * 64  # an unreadable file has no content to hash
@@ -72,7 +73,8 @@ def cache_file_name(identity: dict) -> str:
     slug += "-" + ds[1].rsplit(":", 1)[-1] if len(ds) > 1 and "/" not in ds[1] else ""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)[:60]
     col = "".join(c if c.isalnum() or c in "-_." else "_" for c in identity["column"])
-    return f"{safe}.{col}.{identity['precision']}.{identity['store_dtype']}.{config_key(identity)[:10]}.h5"
+    key = config_key(identity)[:10]
+    return f"{safe}.{col}.{identity['precision']}.{identity['store_dtype']}.{key}.h5"
 
 
 def _check_writable(path: Path) -> None:
@@ -237,8 +239,11 @@ def extract(
     if store_dtype not in ("float32", "float16"):
         raise ValueError(f"store_dtype must be float32 or float16, got {store_dtype!r}.")
     spec: ColumnSpec = get_column(column)
-    ds = data if isinstance(data, Dataset) else parse_dataset(data, split=split,
-                                                              allow_absolute=allow_absolute)
+    ds = (
+        data
+        if isinstance(data, Dataset)
+        else parse_dataset(data, split=split, allow_absolute=allow_absolute)
+    )
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"No weights file at {weights}.")
     dev = resolve_device(device)
@@ -253,21 +258,13 @@ def extract(
     from ..cache import CacheWriter
 
     t0 = time.perf_counter()
-    model, wfile, wsha = spec.build(weights)
-    model.eval().to(dev)
-    if dev.type == "cuda" or prec != "fp32":
-        model = model.to(memory_format=torch.channels_last)
-    dim = spec.dim or _probe_dim(model, spec, dev)
-    identity = {
-        "column": spec.name,
-        "weights_sha256": wsha,
-        "preprocess": spec.preprocess.to_dict(),
-        "precision": prec,
-        "store_dtype": store_dtype,
-        "dataset": ds.spec,
-    }
-    path = Path(out) if out is not None else Path(cache_dir or default_cache_dir()) / (
-        cache_file_name(identity)
+    emb = Embedder(spec.name, device=device, precision=prec, weights=weights, draft=draft)
+    dim, wfile, wsha = emb.dim, emb.weights_file, emb.weights_sha256
+    identity = {**emb.identity, "store_dtype": store_dtype, "dataset": ds.spec}
+    path = (
+        Path(out)
+        if out is not None
+        else Path(cache_dir or default_cache_dir()) / (cache_file_name(identity))
     )
     metadata = {
         "column": {
@@ -290,28 +287,16 @@ def extract(
             "host": socket.gethostname(),
         },
     }
-    writer = CacheWriter(path, identity=identity, metadata=metadata, dim=dim,
-                         store_dtype=store_dtype)
+    writer = CacheWriter(
+        path, identity=identity, metadata=metadata, dim=dim, store_dtype=store_dtype
+    )
     try:
-        return _run(
-            writer, model, spec, ds, dev, prec, batch_size, workers, draft, progress,
-            retry_skipped, t0,
-        )
+        return _run(writer, emb, ds, batch_size, workers, progress, retry_skipped, t0)
     finally:
         writer.close()
 
 
-def _probe_dim(model, spec: ColumnSpec, dev) -> int:
-    import torch
-
-    c = spec.preprocess.crop
-    with torch.inference_mode():
-        return int(model(torch.zeros(1, 3, c, c, device=dev)).shape[1])
-
-
-def _run(
-    writer, model, spec, ds, dev, prec, batch_size, workers, draft, progress, retry_skipped, t0
-):
+def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped, t0):
     import torch
     from tqdm.auto import tqdm
 
@@ -327,21 +312,20 @@ def _run(
         batches.setdefault(i // batch_size, []).append(i)
     label_of = writer.class_indices(ds.labels) if ds.labels is not None else None
 
-    pre = spec.preprocess
-    mean = torch.tensor(pre.mean, device=dev).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(pre.std, device=dev).view(1, 3, 1, 1) * 255.0
     n_workers = min(2, os.cpu_count() or 1) if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _Items(ds, pre, draft),
+        _Items(ds, emb.spec.preprocess, emb.draft),
         batch_sampler=list(batches.values()),
         num_workers=n_workers,
         collate_fn=_collate,
-        pin_memory=dev.type == "cuda",
+        pin_memory=emb.device.type == "cuda",
         prefetch_factor=4 if n_workers else None,
     )
     read_s = column_s = write_s = 0.0
     written = skipped_now = 0
-    bar = tqdm(total=len(pending), unit="img", disable=not progress, desc=spec.name, smoothing=0.1)
+    bar = tqdm(
+        total=len(pending), unit="img", disable=not progress, desc=emb.spec.name, smoothing=0.1
+    )
     tick = time.perf_counter()
     try:
         for idx, x, hashes, stats, bad in loader:
@@ -349,15 +333,16 @@ def _run(
             read_s += t1 - tick
             feats = None
             if idx:
-                x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
-                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), autocast(dev, prec):
-                    feats = model(x).float().cpu().numpy()
+                feats = emb.forward(x)
             t2 = time.perf_counter()
             column_s += t2 - t1
             if bad:
-                writer.skip([ds.ids[b[0]] for b in bad], [b[2] for b in bad],
-                            [b[3] for b in bad], [b[4] for b in bad])
+                writer.skip(
+                    [ds.ids[b[0]] for b in bad],
+                    [b[2] for b in bad],
+                    [b[3] for b in bad],
+                    [b[4] for b in bad],
+                )
             if idx:
                 labels = label_of[idx] if label_of is not None else np.full(len(idx), -1)
                 writer.append([ds.ids[i] for i in idx], hashes, stats, labels, feats)
@@ -382,9 +367,9 @@ def _run(
         read_s=read_s,
         column_s=column_s,
         write_s=write_s,
-        device=str(dev),
-        precision=prec,
+        device=str(emb.device),
+        precision=emb.precision,
     )
 
 
-__all__ = ["ExtractResult", "extract", "default_cache_dir"]
+__all__ = ["ExtractResult", "default_cache_dir", "extract"]

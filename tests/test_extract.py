@@ -13,7 +13,6 @@ import pytest
 import colhead
 import colhead.cache
 from colhead.cache import CacheLockedError, CacheMismatchError, open_cache, verify_cache
-from colhead.cache._lock import WriterLock
 from colhead.cli import main
 from conftest import broken_files, photo, write_image
 
@@ -39,9 +38,25 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     ref = tmp_path / "ref.h5"
     colhead.extract(data="digits", out=ref, batch_size=16, **FAST)
     out = tmp_path / "killed.h5"
-    cmd = [sys.executable, "-m", "colhead", "extract", "--column", "tiny", "--data", "digits",
-           "--out", str(out), "--batch-size", "16", "--precision", "fp32", "--workers", "0",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "colhead",
+        "extract",
+        "--column",
+        "tiny",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     kills = 0
     for attempt in range(2):  # kill it mid-way, twice, at different row counts
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -71,10 +86,14 @@ def test_a_second_writer_is_refused_at_once(image_folder, tmp_path):
     out = tmp_path / "c.h5"
     colhead.extract(data=f"folder:{image_folder}", out=out, **FAST)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from colhead.cache._lock import WriterLock; "
-         f"l = WriterLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from colhead.cache._lock import WriterLock; "
+            f"l = WriterLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -95,8 +114,9 @@ def test_a_cache_made_with_another_column_is_refused(image_folder, tmp_path):
     out = tmp_path / "c.h5"
     colhead.extract(data=f"folder:{image_folder}", out=out, **FAST)
     with pytest.raises(CacheMismatchError, match="column: cache has tiny, asked for efficientnet"):
-        colhead.extract(data=f"folder:{image_folder}", out=out, **{**FAST, "column":
-                        "efficientnet_lite0"})
+        colhead.extract(
+            data=f"folder:{image_folder}", out=out, **{**FAST, "column": "efficientnet_lite0"}
+        )
     with pytest.raises(CacheMismatchError, match="precision"):
         colhead.extract(data=f"folder:{image_folder}", out=out, **{**FAST, "precision": "bf16"})
     assert len(open_cache(out)) == 12  # untouched
@@ -127,7 +147,10 @@ def test_incremental_add_change_remove(image_folder, tmp_path):
     after = open_cache(out)
     assert "eel/eel0.jpg" not in after.ids and "dog/new.png" in after.ids
     assert len(after) == 12 and len(set(after.ids)) == 12
-    row = lambda c, i: c.features[list(c.ids).index(i)]  # noqa: E731
+
+    def row(c, i):
+        return c.features[list(c.ids).index(i)]
+
     assert not np.allclose(row(before, "cat/cat1.png"), row(after, "cat/cat1.png"))
     np.testing.assert_array_equal(row(before, "cat/cat2.jpg"), row(after, "cat/cat2.jpg"))
     assert verify_cache(out) == []
@@ -179,14 +202,36 @@ def test_bad_arguments_fail_before_any_model_loads(kwargs, exc, match, monkeypat
 def test_cli_extract_info_verify(image_folder, tmp_path, capsys):
     broken_files(image_folder / "dog")
     out = tmp_path / "c.h5"
-    assert main(["extract", "--column", "tiny", "--data", f"folder:{image_folder}", "--out",
-                 str(out), "--no-progress", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--column",
+                "tiny",
+                "--data",
+                f"folder:{image_folder}",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "12 rows written" in text and "3 items skipped" in text
     assert main(["cache", "info", str(out)]) == 0
     info = capsys.readouterr().out
-    for words in ("complete", "tiny", "weights", "preprocess", "torch", "skipped    3",
-                  "dog/empty.jpg: empty file"):
+    for words in (
+        "complete",
+        "tiny",
+        "weights",
+        "preprocess",
+        "torch",
+        "skipped    3",
+        "dog/empty.jpg: empty file",
+    ):
         assert words in info
     assert main(["cache", "verify", str(out)]) == 0
     assert "OK" in capsys.readouterr().out
@@ -205,8 +250,9 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
 
 
 def test_python_dash_m_colhead_runs():
-    out = subprocess.run([sys.executable, "-m", "colhead", "columns"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "colhead", "columns"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "efficientnet_lite0" in out.stdout
 
 
@@ -214,7 +260,7 @@ def test_an_interrupted_cache_reads_as_incomplete_until_resumed(tmp_path):
     out = tmp_path / "c.h5"
     colhead.extract(data="digits", split="test", out=out, **FAST)
     # simulate a crash mid-run: copy the file as a writer left it, lock file included
-    from colhead.cache import CacheWriter, CacheError
+    from colhead.cache import CacheError, CacheWriter
 
     w = CacheWriter(out, identity=open_cache(out).identity, metadata={}, dim=32)
     w.mark_incomplete()

@@ -26,12 +26,18 @@ def rgb(w=40, h=30, seed=0):
 
 def png_header_only(w: int, h: int) -> bytes:
     """A PNG that claims w x h pixels in a few bytes: the classic decompression bomb."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -40,9 +46,7 @@ CONVERTED = {
     "grey_png": lambda: enc(rgb().convert("L"), "PNG"),
     "cmyk_jpeg": lambda: enc(rgb().convert("CMYK"), "JPEG"),
     "one_bit_png": lambda: enc(rgb().convert("1"), "PNG"),
-    "palette_transparent_png": lambda: enc(
-        rgb().convert("P"), "PNG", transparency=0
-    ),
+    "palette_transparent_png": lambda: enc(rgb().convert("P"), "PNG", transparency=0),
     "rgba_png": lambda: enc(rgb().convert("RGBA"), "PNG"),
     "grey_alpha_png": lambda: enc(rgb().convert("LA"), "PNG"),
     "sixteen_bit_png": lambda: enc(

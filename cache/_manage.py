@@ -1,0 +1,391 @@
+"""Caches as a collection: merge shards made elsewhere, list a folder, collect garbage.
+
+Every operation here leaves a folder in a state a reader can trust: merge builds its result
+aside and renames it into place, and gc removes a cache only while holding its writer lock, so
+it can never pull a file from under a live writer (the lock is the one colhead writers take;
+see ``_lock``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import _h5
+from ._format import (
+    C_CLASSES,
+    C_COMPLETE,
+    C_FINISHED,
+    C_ROWS,
+    C_SKIPPED,
+    COMMIT_LEN,
+    IDENTITY_FIELDS,
+    CacheError,
+    CacheMismatchError,
+    _short,
+    config_key,
+    dump_attr,
+)
+from ._lock import CacheLockedError, WriterLock, lock_path_for, writer_active
+
+MAX_RUNS_KEPT = 20
+# Temporary files of colhead itself: `.NAME.PID.init` / `.NAME.PID.copy` (create, recover, merge)
+# and `.colhead-probe-PID` (the extractor's write check).
+_TEMP = re.compile(r"^\.(?:.+\.(\d+)\.(?:init|copy)|colhead-probe-(\d+))$")
+
+
+def merge_caches(inputs, out: str | os.PathLike) -> dict:
+    """Merge caches of one configuration into ``out``: every live row once, then verify.
+
+    The inputs must share the cache identity (column, weights, preprocessing, precision, storage
+    dtype, dataset). An id found in several inputs is kept once when its content hash agrees and
+    is an error when it does not. Skipped entries are kept unless another input has a row for
+    the id. The result is complete when an input was, or when its rows and skipped entries cover
+    the dataset's recorded item count. It is built beside ``out`` and renamed into place, under
+    ``out``'s writer lock; ``out`` may be one of the inputs, but no other existing file.
+
+    Returns:
+        A summary: path, rows, skipped, duplicates (ids found in more than one input), complete.
+
+    Raises:
+        CacheMismatchError: the inputs differ in identity (the message names the fields) or dim.
+        ValueError: conflicting duplicate ids, too few inputs, or ``out`` exists already.
+        CacheLockedError: an input or ``out`` is being written.
+    """
+    paths = [Path(p) for p in inputs]
+    out = Path(out)
+    if not paths:
+        raise ValueError("merge needs at least one input cache.")
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError("The same input cache is given twice; give each cache once.")
+    if out.exists() and out.resolve() not in resolved:
+        raise ValueError(
+            f"{out} exists and is not one of the inputs; merge never overwrites another file. "
+            "Choose another -o, or delete it first."
+        )
+    for p in paths:
+        w = writer_active(p)
+        if w:
+            raise CacheLockedError(
+                f"The cache {p} is being written by pid {w.get('pid')} on host {w.get('host')}; "
+                "merge it once that writer has finished."
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with WriterLock(out):
+        files = [_h5.open_read(p) for p in paths]
+        try:
+            return _merge(files, paths, out)
+        finally:
+            for f in files:
+                f.close()
+
+
+def _merge(files, paths: list[Path], out: Path) -> dict:
+    commits = [_h5.read_commit(f, p) for f, p in zip(files, paths)]
+    attrs = [_h5.read_attrs(f) for f in files]
+    ident0 = attrs[0][0]
+    for p, (ident, _), f in zip(paths[1:], attrs[1:], files[1:]):
+        diff = [
+            f"{k}: {paths[0].name} has {_short(ident0.get(k))}, {p.name} has {_short(ident.get(k))}"
+            for k in IDENTITY_FIELDS
+            if ident0.get(k) != ident.get(k)
+        ]
+        if diff:
+            raise CacheMismatchError(
+                f"Cannot merge {p} into {paths[0]}: they were made with another column "
+                "configuration or dataset, and colhead never mixes two in one file:\n  "
+                + "\n  ".join(diff)
+            )
+        if f["features"].shape[1] != files[0]["features"].shape[1]:
+            raise CacheMismatchError(
+                f"Cannot merge {p}: its vectors have dim {f['features'].shape[1]}, "
+                f"{paths[0]}'s have {files[0]['features'].shape[1]}."
+            )
+
+    # Pass 1, small arrays only: which row of which input each id comes from, and the classes.
+    take: list[np.ndarray] = []
+    seen: dict[str, tuple[str, int]] = {}  # id -> (hash, input index)
+    duplicates = 0
+    classes: list[str] = []
+    class_maps = []
+    for k, (f, p, c) in enumerate(zip(files, paths, commits)):
+        n, nc = int(c[C_ROWS]), int(c[C_CLASSES])
+        names = [str(x) for x in f["classes"].asstr()[:nc]]
+        for name in names:
+            if name not in classes:
+                classes.append(name)
+        class_maps.append(np.array([classes.index(x) for x in names], np.int64))
+        ids = f["ids"].asstr()[:n]
+        hashes = f["hashes"][:n]
+        rows = []
+        for i in np.flatnonzero(f["live"][:n]):
+            id_, h = str(ids[i]), hashes[i].decode()
+            if id_ in seen:
+                if seen[id_][0] != h:
+                    raise ValueError(
+                        f"The id {id_!r} is in {paths[seen[id_][1]]} and in {p} with different "
+                        "content hashes (the item changed between the two extractions). Re-extract "
+                        "it in one of them, or merge only caches made from the same files."
+                    )
+                duplicates += 1
+                continue
+            seen[id_] = (h, k)
+            rows.append(i)
+        take.append(np.asarray(rows, np.int64))
+    skip_take: list[np.ndarray] = []
+    skip_seen: set[str] = set()
+    for f, c in zip(files, commits):
+        m = int(c[C_SKIPPED])
+        g = f["skipped"]
+        ids = g["ids"].asstr()[:m]
+        rows = []
+        for i in np.flatnonzero(g["live"][:m]):
+            id_ = str(ids[i])
+            if id_ not in seen and id_ not in skip_seen:
+                skip_seen.add(id_)
+                rows.append(i)
+        skip_take.append(np.asarray(rows, np.int64))
+
+    n_rows, n_skip = len(seen), len(skip_seen)
+    items = max(int(a[1].get("dataset", {}).get("items", -1) or -1) for a in attrs)
+    complete = any(bool(c[C_COMPLETE]) for c in commits) or (
+        items >= 0 and n_rows + n_skip >= items
+    )
+    runs = [r for _, meta in attrs for r in meta.get("runs", [])][-MAX_RUNS_KEPT:]
+    metadata = {
+        **attrs[0][1],
+        "runs": runs,
+        "merged_from": [
+            {"path": str(p), "rows": len(t), "skipped": len(s)}
+            for p, t, s in zip(paths, take, skip_take)
+        ][:64],
+        "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    # Pass 2: stream the chosen rows into a file beside `out`, commit, verify, rename.
+    feats0 = files[0]["features"]
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.copy")
+    try:
+        with h5py.File(tmp, "w", libver="latest", locking=False) as g:
+            _h5._layout(
+                g, identity=ident0, metadata={}, dim=feats0.shape[1], store_dtype=feats0.dtype.str
+            )
+            g.attrs["metadata"] = dump_attr(metadata)
+            for f, rows, cmap in zip(files, take, class_maps):
+                for s in range(0, len(rows), 8192):
+                    _append_rows(g, f, rows[s : s + 8192], cmap)
+            for f, rows in zip(files, skip_take):
+                _append_skipped(g, f, rows)
+            g["classes"].resize((len(classes),))
+            if classes:
+                g["classes"][:] = np.array(classes, dtype=object)
+            commit = np.zeros(COMMIT_LEN, np.float64)
+            commit[C_ROWS], commit[C_SKIPPED], commit[C_CLASSES] = n_rows, n_skip, len(classes)
+            commit[C_COMPLETE] = float(complete)
+            commit[C_FINISHED] = max(float(c[C_FINISHED]) for c in commits) or time.time()
+            g.flush()
+            g["commit"][:] = commit  # written last: only now does the content count
+        from ._inspect import verify_cache
+
+        problems = [x for x in verify_cache(tmp) if not x.startswith("incomplete")]
+        if problems:
+            raise CacheError(f"The merged cache failed verification: {'; '.join(problems)}.")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {
+        "path": str(out),
+        "rows": n_rows,
+        "skipped": n_skip,
+        "duplicates": duplicates,
+        "complete": complete,
+        "config_key": config_key(ident0),
+    }
+
+
+def _append_rows(g, f, rows: np.ndarray, cmap: np.ndarray) -> None:
+    if not len(rows):
+        return
+    lo, hi = int(rows[0]), int(rows[-1]) + 1  # one contiguous read, then select
+    sel = rows - lo
+    labels = f["labels"][lo:hi][sel]
+    labels = np.where(labels >= 0, cmap[np.clip(labels, 0, None)] if len(cmap) else -1, -1)
+    _extend(g["features"], f["features"][lo:hi][sel])
+    _extend(g["labels"], labels.astype(np.int64))
+    _extend(g["ids"], np.array(f["ids"].asstr()[lo:hi], dtype=object)[sel])
+    _extend(g["hashes"], f["hashes"][lo:hi][sel])
+    _extend(g["stats"], f["stats"][lo:hi][sel])
+    _extend(g["live"], np.ones(len(rows), np.uint8))
+
+
+def _append_skipped(g, f, rows: np.ndarray) -> None:
+    if not len(rows):
+        return
+    s, d = f["skipped"], g["skipped"]
+    hi = int(rows[-1]) + 1
+    _extend(d["ids"], np.array(s["ids"].asstr()[:hi], dtype=object)[rows])
+    _extend(d["hashes"], s["hashes"][:hi][rows])
+    _extend(d["stats"], s["stats"][:hi][rows])
+    _extend(d["reasons"], np.array(s["reasons"].asstr()[:hi], dtype=object)[rows])
+    _extend(d["live"], np.ones(len(rows), np.uint8))
+
+
+def _extend(ds, values: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize((n + len(values),) + ds.shape[1:])
+    ds[n:] = values
+
+
+def list_caches(directory: str | os.PathLike) -> list[dict]:
+    """Every ``*.h5`` file in ``directory``: what it holds, or why it is not a cache.
+
+    Each entry has ``path``, ``size_bytes`` and ``kind`` ("cache" or "not a cache"); a cache
+    adds ``column``, ``dataset``, ``precision``, ``store_dtype``, ``rows`` (live), ``skipped``,
+    ``complete``, ``config_key`` and ``writer`` (the live writer's pid/host, or None); anything
+    else adds ``error``, the reason it could not be read.
+    """
+    d = _folder(directory)
+    out = []
+    for p in sorted(d.glob("*.h5")):
+        if not p.is_file():
+            continue
+        entry: dict = {"path": str(p), "size_bytes": p.stat().st_size}
+        try:
+            with _h5.open_read(p) as f:
+                c = _h5.read_commit(f, p)
+                ident, _ = _h5.read_attrs(f)
+                n, m = int(c[C_ROWS]), int(c[C_SKIPPED])
+                entry.update(
+                    kind="cache",
+                    column=ident.get("column"),
+                    dataset=ident.get("dataset"),
+                    precision=ident.get("precision"),
+                    store_dtype=ident.get("store_dtype"),
+                    rows=int(f["live"][:n].sum()),
+                    skipped=int(f["skipped"]["live"][:m].sum()),
+                    complete=bool(c[C_COMPLETE]),
+                    config_key=config_key(ident),
+                )
+        except (CacheError, OSError, ValueError) as e:
+            entry.update(kind="not a cache", error=str(e))
+            out.append(entry)
+            continue
+        entry["writer"] = writer_active(p)
+        out.append(entry)
+    return out
+
+
+def gc_caches(
+    directory: str | os.PathLike, dry_run: bool = True, *, temp_age_s: float = 600.0
+) -> list[tuple[str, str]]:
+    """Remove what interrupted runs left in ``directory``; by default only say what would go.
+
+    Removed: incomplete caches with no live writer (rerunning their extraction would have
+    resumed them), lock files whose writer is dead, and colhead's temporary files
+    (``.NAME.PID.init``/``.copy``, ``.colhead-probe-PID``) whose process is gone here and that
+    nobody touched for ``temp_age_s`` seconds. Never removed: a complete cache, a cache being
+    written (a cache is deleted only while gc holds its writer lock), a lock whose writer may
+    live (one made on another host is never judged dead), any file that is not colhead's.
+
+    Returns:
+        (path, reason) for each file removed, or that would be with ``dry_run``.
+    """
+    d = _folder(directory)
+    done: list[tuple[str, str]] = []
+    for p in sorted(d.glob("*.h5")):
+        reason = _incomplete_idle(p)
+        if reason is None:
+            continue
+        if dry_run:
+            done.append((str(p), reason))
+            continue
+        try:
+            lock = WriterLock(p).acquire()  # from now on no writer can start on it
+        except CacheLockedError:
+            continue
+        try:
+            reason = _incomplete_idle(p, locked=True)
+            if reason is not None:
+                p.unlink()
+                done.append((str(p), reason))
+        finally:
+            lock.release()
+    gone = {Path(x) for x, _ in done}
+    for lk in sorted(d.glob("*.h5.lock")):
+        cache = lk.with_name(lk.name[: -len(".lock")])
+        if cache in gone and dry_run:
+            continue  # the cache's removal takes its lock with it
+        lock = WriterLock(cache)
+        if not lk.exists() or not lock._is_stale():
+            continue
+        if dry_run:
+            done.append((str(lk), "lock file of a writer that is no longer running"))
+            continue
+        try:
+            lock.acquire()  # breaks the stale lock the safe way, then ours is released
+        except CacheLockedError:
+            continue
+        lock.release()
+        done.append((str(lk), "lock file of a writer that is no longer running"))
+    now = time.time()
+    for p in sorted(d.iterdir()):
+        m = _TEMP.match(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m.group(1) or m.group(2))
+        try:
+            age = now - p.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if _pid_alive(pid) or age < temp_age_s:
+            continue
+        if not dry_run:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+        done.append((str(p), f"temporary file of a process that is gone (pid {pid})"))
+    return done
+
+
+def _incomplete_idle(p: Path, *, locked: bool = False) -> str | None:
+    """Why ``p`` may go (an incomplete colhead cache nobody writes), or None to keep it."""
+    try:
+        with _h5.open_read(p) as f:
+            c = _h5.read_commit(f, p)
+            n = int(c[C_ROWS])
+            if c[C_COMPLETE]:
+                return None
+            rows = int(f["live"][:n].sum())
+    except (CacheError, OSError, ValueError):
+        return None  # not ours, or unreadable: gc never deletes what it cannot identify
+    if not locked and writer_active(p):
+        return None
+    return f"incomplete cache ({rows} rows) with no writer running"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _folder(directory) -> Path:
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        raise FileNotFoundError(f"No folder at {d}.")
+    return d
+
+
+__all__ = ["gc_caches", "list_caches", "lock_path_for", "merge_caches"]

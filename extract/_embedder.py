@@ -1,0 +1,112 @@
+"""A column held in memory: images in, vectors out. Shared by the extractor, predict and serve."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._columns import get_column
+from ._device import autocast, resolve_device, resolve_precision
+from ._images import BadImage, decode, from_array
+
+
+class Embedder:
+    """Load a column once (frozen, eval mode) and turn batches of images into vectors.
+
+    Args:
+        column: column name (see ``colhead columns``).
+        device: "auto" | "cpu" | "cuda".
+        precision: "auto" | "fp32" | "bf16" | "fp16".
+        weights: optional local weights file.
+        draft: allow JPEG DCT-domain downscaling of large images.
+    """
+
+    def __init__(
+        self,
+        column: str = "efficientnet_lite0",
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        weights: str | os.PathLike | None = None,
+        draft: bool = True,
+    ):
+        import torch
+
+        self.spec = get_column(column)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.draft = draft
+        model, self.weights_file, self.weights_sha256 = self.spec.build(weights)
+        model.eval().to(self.device)
+        # channels_last pays off with oneDNN (bf16) on CPU and with cuDNN on GPU
+        self.channels_last = self.device.type == "cuda" or self.precision != "fp32"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        pre = self.spec.preprocess
+        # normalisation folded into one multiply-add on uint8 input, done on the device
+        self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.dim = self.spec.dim or int(
+            self.forward(np.zeros((1, pre.crop, pre.crop, 3), np.uint8)).shape[1]
+        )
+
+    @property
+    def identity(self) -> dict:
+        """What the vectors mean and how they were computed (the cache identity's column part)."""
+        return {
+            "column": self.spec.name,
+            "weights_sha256": self.weights_sha256,
+            "preprocess": self.spec.preprocess.to_dict(),
+            "precision": self.precision,
+        }
+
+    @property
+    def column_key(self) -> str:
+        from ..cache import column_key
+
+        return column_key(self.identity)
+
+    def preprocess(self, image) -> np.ndarray:
+        """bytes | path | array -> uint8 (crop, crop, 3). Raises BadImage with the reason."""
+        if isinstance(image, (str, Path)):
+            try:
+                image = Path(image).read_bytes()
+            except OSError as e:
+                raise BadImage(f"cannot read: {e.strerror or type(e).__name__}") from None
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode(bytes(image), self.spec.preprocess, draft=self.draft)
+        return from_array(np.asarray(image), self.spec.preprocess)
+
+    def forward(self, batch) -> np.ndarray:
+        """uint8 (B, H, W, 3) array or tensor -> float32 (B, dim) vectors."""
+        import torch
+
+        x = torch.as_tensor(batch)
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x - self._mean) / self._std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.model(x).float().cpu().numpy()
+
+    def embed(self, images, batch_size: int = 64) -> tuple[np.ndarray, list[str | None]]:
+        """Vectors for a list of images; a bad image gets a zero row and its error message.
+
+        Returns:
+            (features (N, dim) float32, errors: None where the image was fine, else the reason)
+        """
+        feats = np.zeros((len(images), self.dim), np.float32)
+        errors: list[str | None] = [None] * len(images)
+        arrays, ok = [], []
+        for i, im in enumerate(images):
+            try:
+                arrays.append(self.preprocess(im))
+                ok.append(i)
+            except BadImage as e:
+                errors[i] = str(e)
+        for s in range(0, len(ok), batch_size):
+            feats[ok[s : s + batch_size]] = self.forward(np.stack(arrays[s : s + batch_size]))
+        return feats, errors
