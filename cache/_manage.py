@@ -34,6 +34,7 @@ from ._format import (
 from ._lock import CacheLockedError, WriterLock, lock_path_for, writer_active
 
 MAX_RUNS_KEPT = 20
+BLOCK = 8192  # rows read at once while merging
 # Temporary files of colhead itself: `.NAME.PID.init` / `.NAME.PID.copy` (create, recover, merge)
 # and `.colhead-probe-PID` (the extractor's write check).
 _TEMP = re.compile(r"^\.(?:.+\.(\d+)\.(?:init|copy)|colhead-probe-(\d+))$")
@@ -177,9 +178,12 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
                 g, identity=ident0, metadata={}, dim=feats0.shape[1], store_dtype=feats0.dtype.str
             )
             g.attrs["metadata"] = dump_attr(metadata)
-            for f, rows, cmap in zip(files, take, class_maps):
-                for s in range(0, len(rows), 8192):
-                    _append_rows(g, f, rows[s : s + 8192], cmap)
+            for f, rows, cmap, c in zip(files, take, class_maps, commits):
+                n = int(c[C_ROWS])
+                for lo in range(0, n, BLOCK):  # bounded memory: one block of rows at a time
+                    hi = min(n, lo + BLOCK)
+                    a, b = np.searchsorted(rows, [lo, hi])
+                    _append_rows(g, f, lo, hi, rows[a:b] - lo, cmap)
             for f, rows in zip(files, skip_take):
                 _append_skipped(g, f, rows)
             g["classes"].resize((len(classes),))
@@ -210,11 +214,9 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
     }
 
 
-def _append_rows(g, f, rows: np.ndarray, cmap: np.ndarray) -> None:
-    if not len(rows):
+def _append_rows(g, f, lo: int, hi: int, sel: np.ndarray, cmap: np.ndarray) -> None:
+    if not len(sel):
         return
-    lo, hi = int(rows[0]), int(rows[-1]) + 1  # one contiguous read, then select
-    sel = rows - lo
     labels = f["labels"][lo:hi][sel]
     labels = np.where(labels >= 0, cmap[np.clip(labels, 0, None)] if len(cmap) else -1, -1)
     _extend(g["features"], f["features"][lo:hi][sel])
@@ -222,7 +224,7 @@ def _append_rows(g, f, rows: np.ndarray, cmap: np.ndarray) -> None:
     _extend(g["ids"], np.array(f["ids"].asstr()[lo:hi], dtype=object)[sel])
     _extend(g["hashes"], f["hashes"][lo:hi][sel])
     _extend(g["stats"], f["stats"][lo:hi][sel])
-    _extend(g["live"], np.ones(len(rows), np.uint8))
+    _extend(g["live"], np.ones(len(sel), np.uint8))
 
 
 def _append_skipped(g, f, rows: np.ndarray) -> None:

@@ -234,6 +234,103 @@ def extract(
         ExtractResult with counts and the time split.
     """
     # Cheap validation first: names, paths, options — before any model or GPU is touched.
+    spec, ds = check_args(
+        column,
+        data,
+        split=split,
+        batch_size=batch_size,
+        store_dtype=store_dtype,
+        weights=weights,
+        allow_absolute=allow_absolute,
+    )
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    check_out(out, cache_dir)
+
+    import torch
+
+    from ..cache import CacheWriter
+
+    t0 = time.perf_counter()
+    emb = Embedder(spec.name, device=device, precision=prec, weights=weights, draft=draft)
+    identity, metadata = describe(
+        spec,
+        ds,
+        emb.identity,
+        dim=emb.dim,
+        weights_file=emb.weights_file,
+        store_dtype=store_dtype,
+        run={
+            "engine": "local",
+            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+            "batch_size": batch_size,
+            "host": socket.gethostname(),
+        },
+    )
+    writer = CacheWriter(
+        cache_path(identity, out, cache_dir),
+        identity=identity,
+        metadata=metadata,
+        dim=emb.dim,
+        store_dtype=store_dtype,
+    )
+    try:
+        return _run(writer, emb, ds, batch_size, workers, progress, retry_skipped, t0)
+    finally:
+        writer.close()
+
+
+def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped, t0):
+    import torch
+    from tqdm.auto import tqdm
+
+    p = begin(writer, ds, batch_size, retry_skipped=retry_skipped)
+    n_workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        _Items(ds, emb.spec.preprocess, emb.draft),
+        batch_sampler=p.batches,
+        num_workers=n_workers,
+        collate_fn=_collate,
+        pin_memory=emb.device.type == "cuda",
+        prefetch_factor=4 if n_workers else None,
+    )
+    read_s = column_s = write_s = 0.0
+    written = skipped_now = 0
+    bar = tqdm(total=p.pending, unit="img", disable=not progress, desc=emb.spec.name, smoothing=0.1)
+    tick = time.perf_counter()
+    try:
+        for idx, x, hashes, stats, bad in loader:
+            t1 = time.perf_counter()
+            read_s += t1 - tick
+            feats = emb.forward(x) if idx else None
+            t2 = time.perf_counter()
+            column_s += t2 - t1
+            write_batch(writer, ds, p.label_of, idx, hashes, stats, feats, bad)
+            tick = time.perf_counter()
+            write_s += tick - t2
+            written += len(idx or [])
+            skipped_now += len(bad)
+            bar.update(len(idx or []) + len(bad))
+            bar.set_postfix(skipped=skipped_now, refresh=False)
+    finally:
+        bar.close()
+    return finish(
+        writer,
+        p,
+        written=written,
+        skipped_now=skipped_now,
+        t0=t0,
+        times=(read_s, column_s, write_s),
+        device=str(emb.device),
+        precision=emb.precision,
+    )
+
+
+# -- pieces shared with the Ray engine (extract/_ray.py): one behaviour, two schedulers -------
+def check_args(
+    column, data, *, split, batch_size, store_dtype, weights, allow_absolute
+) -> tuple[ColumnSpec, Dataset]:
+    """The cheap checks every engine runs first; returns the column spec and the dataset."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if store_dtype not in ("float32", "float16"):
@@ -246,26 +343,32 @@ def extract(
     )
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"No weights file at {weights}.")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    return spec, ds
+
+
+def check_out(out, cache_dir) -> None:
+    """Fail early, before any model loads, when the cache cannot be written."""
     if out is not None:
         _check_writable(Path(out))
     else:
         _check_writable(Path(cache_dir or default_cache_dir()) / "probe.h5")
 
-    import torch
 
-    from ..cache import CacheWriter
+def cache_path(identity: dict, out, cache_dir) -> Path:
+    """``out`` when given, else one file per configuration under the cache folder."""
+    if out is not None:
+        return Path(out)
+    return Path(cache_dir or default_cache_dir()) / cache_file_name(identity)
 
-    t0 = time.perf_counter()
-    emb = Embedder(spec.name, device=device, precision=prec, weights=weights, draft=draft)
-    dim, wfile, wsha = emb.dim, emb.weights_file, emb.weights_sha256
-    identity = {**emb.identity, "store_dtype": store_dtype, "dataset": ds.spec}
-    path = (
-        Path(out)
-        if out is not None
-        else Path(cache_dir or default_cache_dir()) / (cache_file_name(identity))
-    )
+
+def describe(
+    spec: ColumnSpec, ds: Dataset, column_identity: dict, *, dim, weights_file, store_dtype, run
+) -> tuple[dict, dict]:
+    """The cache identity (what must match to share a file) and the provenance metadata.
+
+    ``column_identity`` is ``Embedder.identity``: column, weights hash, preprocessing, precision.
+    """
+    identity = {**column_identity, "store_dtype": store_dtype, "dataset": ds.spec}
     metadata = {
         "column": {
             "name": spec.name,
@@ -273,33 +376,32 @@ def extract(
             "source": spec.source,
             "licence": spec.licence,
             "weights_id": spec.weights_id,
-            "weights_sha256": wsha,
-            "weights_file": str(wfile) if wfile else None,
+            "weights_sha256": identity["weights_sha256"],
+            "weights_file": str(weights_file) if weights_file else None,
             "description": spec.description,
         },
         "preprocess": spec.preprocess.to_dict(),
-        "precision": prec,
+        "precision": identity["precision"],
         "dataset": {"spec": ds.spec, "items": len(ds), "classes": len(ds.classes), **ds.info},
         "versions": versions(),
-        "run": {
-            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-            "batch_size": batch_size,
-            "host": socket.gethostname(),
-        },
+        "run": run,
     }
-    writer = CacheWriter(
-        path, identity=identity, metadata=metadata, dim=dim, store_dtype=store_dtype
-    )
-    try:
-        return _run(writer, emb, ds, batch_size, workers, progress, retry_skipped, t0)
-    finally:
-        writer.close()
+    return identity, metadata
 
 
-def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped, t0):
-    import torch
-    from tqdm.auto import tqdm
+@dataclass
+class Plan:
+    """What a run will do, once the cache has been brought up to date with the dataset."""
 
+    batches: list[list[int]]  # pending positions, grouped as an uninterrupted run groups them
+    pending: int
+    retired: int
+    reused: int
+    label_of: np.ndarray | None  # the cache's class index of each dataset position
+
+
+def begin(writer, ds: Dataset, batch_size: int, *, retry_skipped: bool = False) -> Plan:
+    """Plan against the cache, retire what changed or went, and group the pending items."""
     pending, retire_rows, retire_skipped, reused = plan(
         ds, writer.existing, retry_skipped=retry_skipped
     )
@@ -311,64 +413,40 @@ def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped
     for i in pending:
         batches.setdefault(i // batch_size, []).append(i)
     label_of = writer.class_indices(ds.labels) if ds.labels is not None else None
+    return Plan(list(batches.values()), len(pending), len(retire_rows), reused, label_of)
 
-    n_workers = min(2, os.cpu_count() or 1) if workers is None else workers
-    loader = torch.utils.data.DataLoader(
-        _Items(ds, emb.spec.preprocess, emb.draft),
-        batch_sampler=list(batches.values()),
-        num_workers=n_workers,
-        collate_fn=_collate,
-        pin_memory=emb.device.type == "cuda",
-        prefetch_factor=4 if n_workers else None,
-    )
-    read_s = column_s = write_s = 0.0
-    written = skipped_now = 0
-    bar = tqdm(
-        total=len(pending), unit="img", disable=not progress, desc=emb.spec.name, smoothing=0.1
-    )
-    tick = time.perf_counter()
-    try:
-        for idx, x, hashes, stats, bad in loader:
-            t1 = time.perf_counter()
-            read_s += t1 - tick
-            feats = None
-            if idx:
-                feats = emb.forward(x)
-            t2 = time.perf_counter()
-            column_s += t2 - t1
-            if bad:
-                writer.skip(
-                    [ds.ids[b[0]] for b in bad],
-                    [b[2] for b in bad],
-                    [b[3] for b in bad],
-                    [b[4] for b in bad],
-                )
-            if idx:
-                labels = label_of[idx] if label_of is not None else np.full(len(idx), -1)
-                writer.append([ds.ids[i] for i in idx], hashes, stats, labels, feats)
-            tick = time.perf_counter()
-            write_s += tick - t2
-            written += len(idx or [])
-            skipped_now += len(bad)
-            bar.update(len(idx or []) + len(bad))
-            bar.set_postfix(skipped=skipped_now, refresh=False)
-    finally:
-        bar.close()
+
+def write_batch(writer, ds: Dataset, label_of, idx, hashes, stats, feats, bad) -> None:
+    """Commit one batch: unreadable items (position, _, hash, stat, reason), then the rows."""
+    if bad:
+        writer.skip(
+            [ds.ids[b[0]] for b in bad],
+            [b[2] for b in bad],
+            [b[3] for b in bad],
+            [b[4] for b in bad],
+        )
+    if idx:
+        labels = label_of[idx] if label_of is not None else np.full(len(idx), -1)
+        writer.append([ds.ids[i] for i in idx], hashes, stats, labels, feats)
+
+
+def finish(writer, p: Plan, *, written, skipped_now, t0, times, device, precision) -> ExtractResult:
+    """Mark the cache complete and say what the run did; ``times`` = (read, column, write) s."""
     writer.finish()
     return ExtractResult(
         path=str(writer.path),
         rows=len(writer.existing.rows),
         written=written,
-        reused=reused,
+        reused=p.reused,
         skipped=len(writer.existing.skipped),
         skipped_now=skipped_now,
-        retired=len(retire_rows),
+        retired=p.retired,
         seconds=time.perf_counter() - t0,
-        read_s=read_s,
-        column_s=column_s,
-        write_s=write_s,
-        device=str(emb.device),
-        precision=emb.precision,
+        read_s=times[0],
+        column_s=times[1],
+        write_s=times[2],
+        device=device,
+        precision=precision,
     )
 
 
