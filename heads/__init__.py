@@ -13,8 +13,19 @@ from ._logreg import LogRegHead
 from ._mlp import MLPHead
 
 # --- Scratch model: the ScratchClassifier helper adds its import line here. ---
+from ._scratch import ScratchClassifier, ScratchConfig
 
-__all__ = ["HEADS", "KNNHead", "LogRegHead", "MLPHead", "load_head", "make_head", "save_head"]
+__all__ = [
+    "HEADS",
+    "KNNHead",
+    "LogRegHead",
+    "MLPHead",
+    "ScratchClassifier",
+    "ScratchConfig",
+    "load_head",
+    "make_head",
+    "save_head",
+]
 
 HEADS = {"logreg": LogRegHead, "mlp": MLPHead, "knn": KNNHead}
 

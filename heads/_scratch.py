@@ -289,6 +289,7 @@ class ScratchClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each image, as labels from `classes_`."""
+        check_is_fitted(self)
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -335,7 +336,9 @@ class ScratchClassifier(ClassifierMixin, BaseEstimator):
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"The arrays do not match the network the params describe: {err}")
+            raise ValueError(
+                f"The arrays do not match the network the params describe: {err}"
+            ) from err
         device = _pick_device(cfg.device)
         clf.model_ = model.to(device, memory_format=torch.channels_last).eval()
         clf.n_params_ = sum(p.numel() for p in model.parameters() if p.requires_grad)

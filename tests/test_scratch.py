@@ -66,7 +66,9 @@ def test_greyscale_rgb_and_float_input_agree(fitted, digits):
 
 def test_string_labels_and_explicit_validation_set(digits):
     X_tr, X_te, y_tr, y_te = digits
-    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    names = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
     clf = ScratchClassifier(epochs=2, **FAST).fit(X_tr[:300], names[y_tr[:300]], X_te, names[y_te])
     assert list(clf.classes_) == sorted(names)
     assert set(clf.predict(X_te[:5])) <= set(names)
