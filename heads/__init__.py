@@ -12,7 +12,8 @@ from ._knn import KNNHead
 from ._logreg import LogRegHead
 from ._mlp import MLPHead
 
-# --- Scratch model: the ScratchClassifier helper adds its import line here. ---
+from ._compare import Method, metrics, parse_shots, run_comparison
+from ._report import write_report
 from ._scratch import ScratchClassifier, ScratchConfig
 
 __all__ = [
@@ -20,11 +21,16 @@ __all__ = [
     "KNNHead",
     "LogRegHead",
     "MLPHead",
+    "Method",
     "ScratchClassifier",
     "ScratchConfig",
     "load_head",
     "make_head",
+    "metrics",
+    "parse_shots",
+    "run_comparison",
     "save_head",
+    "write_report",
 ]
 
 HEADS = {"logreg": LogRegHead, "mlp": MLPHead, "knn": KNNHead}
