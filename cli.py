@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 
 def _add_extract_args(p: argparse.ArgumentParser, *, data_required: bool = True) -> None:
@@ -55,7 +56,50 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = csub.add_parser("verify", help="check a cache thoroughly; exit 1 if anything is wrong")
     q.add_argument("file")
+
+    p = sub.add_parser("heads", help="train heads on a cache, score them on another")
+    p.add_argument("--train", required=True, help="training cache")
+    p.add_argument("--test", required=True, help="test cache")
+    p.add_argument("--val", default=None, help="validation cache (else split from --train)")
+    p.add_argument("--head", default="logreg,mlp,knn", help="comma-separated: logreg,mlp,knn")
+    p.add_argument("--save", default=None, help="folder to save the fitted heads in")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compare", help="column + heads against a scratch CNN, with a report")
+    _add_compare_args(p, data_required=True)
+
+    p = sub.add_parser("demo", help="compare on the embedded offline default (lite0 over elpv)")
+    _add_compare_args(p, data_required=False)
+    p.add_argument("--quick", action="store_true", help="smaller run (shots 1,10,all, 1 repeat)")
+
+    p = sub.add_parser("predict", help="label new images with a saved head and its column")
+    p.add_argument("--head", required=True, help="a head file (.npz) from heads --save")
+    p.add_argument("--column", default=None, help="must be the head's column (default: it)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+")
+    _add_serve_parser(sub)
     return ap
+
+
+def _add_compare_args(p: argparse.ArgumentParser, *, data_required: bool) -> None:
+    p.add_argument("--data", required=data_required, default="elpv", help="dataset spec")
+    p.add_argument("--column", default="efficientnet_lite0")
+    p.add_argument("--shots", default="1,5,10,all", help="labelled images per class")
+    p.add_argument("--repeats", type=int, default=3, help="seeds per shot count")
+    p.add_argument("--head", default="logreg,mlp,knn")
+    p.add_argument("--no-scratch", action="store_true", help="skip the scratch CNN")
+    p.add_argument("--scratch-epochs", type=int, default=None)
+    p.add_argument("--out", default=None, help="report folder (default reports/<dataset>)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +136,132 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    return {"columns": _columns, "extract": _extract, "cache": _cache}[args.cmd](args)
+    handlers = {
+        "columns": _columns,
+        "extract": _extract,
+        "cache": _cache,
+        "heads": _heads,
+        "compare": _compare,
+        "demo": _demo,
+        "predict": _predict,
+        "serve": _serve,
+    }
+    return handlers[args.cmd](args)
+
+
+def _heads(args) -> int:
+    from .compare import parse_heads, train_heads
+
+    rows = train_heads(
+        args.train,
+        args.test,
+        heads=parse_heads(args.head),
+        val_path=args.val,
+        save_dir=args.save,
+        log=(lambda s: None) if args.json else print,
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import compare
+
+    shots, repeats = args.shots, args.repeats
+    if getattr(args, "quick", False):
+        shots, repeats = "1,10,all", 1
+    slug = "".join(c if c.isalnum() else "-" for c in args.data.split(":")[0])
+    out = args.out or f"reports/{slug}"
+    t0 = time.perf_counter()
+    report = compare(
+        args.data,
+        column=args.column,
+        shots=shots,
+        repeats=repeats,
+        heads=args.head,
+        scratch=not args.no_scratch,
+        scratch_epochs=args.scratch_epochs,
+        out=out,
+        cache_dir=args.cache_dir,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"\nreport written in {time.perf_counter() - t0:.0f} s: {report}")
+    print(f"plots and results.json beside it in {report.parent}/")
+    return 0
+
+
+def _demo(args) -> int:
+    if args.out is None:
+        args.out = "reports/demo"
+    return _compare(args)
+
+
+def _predict(args) -> int:
+    from .predict import Predictor
+
+    pred = Predictor(args.head, column=args.column, device=args.device, precision=args.precision)
+    results = pred.predict(args.images, top=args.top)
+    if args.json:
+        print(json.dumps([{"image": i, **r} for i, r in zip(args.images, results)], indent=2))
+        return 0
+    bad = 0
+    for image, r in zip(args.images, results):
+        if "error" in r:
+            bad += 1
+            print(f"{image}\terror: {r['error']}")
+        else:
+            alts = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"][1:])
+            print(
+                f"{image}\t{r['label']}\t{r['probability']:.3f}" + (f"\t({alts})" if alts else "")
+            )
+    return 1 if bad == len(results) else 0
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP API: embed and classify images (colhead[serve])")
+    p.add_argument("--column", default="efficientnet_lite0", help="the column to serve")
+    p.add_argument("--heads", default=None, help="folder of saved heads (*.npz)")
+    p.add_argument("--host", default="127.0.0.1", help="non-loopback needs a token or flag")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--max-batch", type=int, default=32, help="most images per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch")
+    p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    p.add_argument("--max-images", type=int, default=64, help="most images per request")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
+    p.add_argument("--cache-size", type=int, default=4096, help="vectors kept by content hash")
+    p.add_argument("--allow-remote", action="store_true", help="listen beyond loopback, no token")
+
+
+def _serve(args) -> int:
+    try:
+        from .serve import run
+    except ImportError as e:  # fastapi/uvicorn are the optional extra colhead[serve]
+        raise RuntimeError(str(e)) from None
+    # run() refuses a non-loopback host without a token before the column loads.
+    run(
+        host=args.host,
+        port=args.port,
+        allow_remote=args.allow_remote,
+        column=args.column,
+        heads_dir=args.heads,
+        device=args.device,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=not args.no_batching,
+        max_images=args.max_images,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        cache_size=args.cache_size,
+    )
+    return 0
 
 
 def _columns(args) -> int:

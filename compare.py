@@ -1,4 +1,4 @@
-"""``colhead compare`` / ``heads`` / ``demo``: from a dataset to a report of what the column is worth.
+"""``colhead compare`` / ``heads`` / ``demo``: from a dataset to a report on the column's worth.
 
 The orchestration lives here, above the layers (cli -> compare -> extract, cache, heads): it
 extracts (or reuses) the caches, loads the raw images the scratch model needs, runs
@@ -85,6 +85,8 @@ def train_heads(
         val = open_cache(val_path)
         _, _, y_val = aligned_labels(train, val)
         X_val = val.features
+    if save_dir is not None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
     rows = []
     for name in heads:
         head = make_head_for(name, int(np.bincount(y_tr).min()))
@@ -96,8 +98,12 @@ def train_heads(
         t1 = time.perf_counter()
         proba = head.predict_proba(test.features)
         t2 = time.perf_counter()
-        row = {"head": name, **metrics(y_te, proba, np.asarray(head.classes_), len(classes)),
-               "fit_seconds": t1 - t0, "predict_seconds": t2 - t1}
+        row = {
+            "head": name,
+            **metrics(y_te, proba, np.asarray(head.classes_), len(classes)),
+            "fit_seconds": t1 - t0,
+            "predict_seconds": t2 - t1,
+        }
         if save_dir is not None:
             meta = head_meta(train)
             meta["class_names"] = classes
@@ -105,7 +111,8 @@ def train_heads(
             row["saved"] = str(path)
         rows.append(row)
         log(
-            f"{name:<8} top1 {100 * row['top1']:5.1f}%  balanced {100 * row['balanced_accuracy']:5.1f}%"
+            f"{name:<8} top1 {100 * row['top1']:5.1f}%  "
+            f"balanced {100 * row['balanced_accuracy']:5.1f}%"
             f"  macro-F1 {100 * row['macro_f1']:5.1f}%  fit {row['fit_seconds']:.2f} s"
             + (f"  -> {row['saved']}" if "saved" in row else "")
         )
@@ -153,8 +160,14 @@ def compare(
     """
     from . import extract as ex
     from .cache import open_cache
-    from .heads import Method, ScratchClassifier, ScratchConfig, parse_shots, run_comparison
-    from .heads import write_report
+    from .heads import (
+        Method,
+        ScratchClassifier,
+        ScratchConfig,
+        parse_shots,
+        run_comparison,
+        write_report,
+    )
 
     shot_list = parse_shots(shots)
     head_names = parse_heads(heads)
@@ -162,15 +175,25 @@ def compare(
         raise ValueError(f"--repeats must be >= 1, got {repeats}.")
     kind = data.split(":", 1)[0]
     if kind in SPLIT_DATASETS:
-        parts = [ex.parse_dataset(data, split=train_split), ex.parse_dataset(data, split=test_split)]
+        parts = [
+            ex.parse_dataset(data, split=train_split),
+            ex.parse_dataset(data, split=test_split),
+        ]
     else:
         parts = [ex.parse_dataset(data)]
     t0 = time.perf_counter()
     caches = []
     for ds in parts:
         log(f"extracting {ds.spec} with {column} (reused where cached)")
-        r = ex.extract(column, ds, cache_dir=cache_dir, device=device, precision=precision,
-                       batch_size=batch_size, progress=progress)
+        r = ex.extract(
+            column,
+            ds,
+            cache_dir=cache_dir,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            progress=progress,
+        )
         log("  " + r.summary())
         caches.append(open_cache(r.path, require_complete=True))
     extract_s = time.perf_counter() - t0
@@ -196,8 +219,9 @@ def compare(
         ds_tr = ds_te = parts[0]
         train = test = c
 
-    methods = [Method(h, lambda per_class, h=h: make_head_for(h, per_class, seed=seed))
-               for h in head_names]
+    methods = [
+        Method(h, lambda per_class, h=h: make_head_for(h, per_class, seed=seed)) for h in head_names
+    ]
     data_arrays = {"features": (X_tr, X_te)}
     cfg = ScratchConfig(seed=seed, device=device, progress=False)
     if scratch_epochs is not None:
@@ -210,8 +234,17 @@ def compare(
         )
         methods.append(Method("scratch", lambda per_class: ScratchClassifier(cfg), "images"))
     log(f"training {', '.join(m.name for m in methods)} at shots {shots}")
-    results = run_comparison(methods, data_arrays, y_tr, y_te, n_classes=len(classes),
-                             shots=shot_list, repeats=repeats, seed=seed, log=log)
+    results = run_comparison(
+        methods,
+        data_arrays,
+        y_tr,
+        y_te,
+        n_classes=len(classes),
+        shots=shot_list,
+        repeats=repeats,
+        seed=seed,
+        log=log,
+    )
     meta = train.metadata
     results.update(
         dataset=data,
@@ -229,14 +262,17 @@ def compare(
             "precision": train.identity.get("precision"),
             "caches": ", ".join(str(c.path) for c in caches),
             "splits": f"{train.identity.get('dataset')} / {test.identity.get('dataset')}"
-            if len(caches) == 2 else f"seeded stratified {1 - test_size:.0%}/{test_size:.0%} "
+            if len(caches) == 2
+            else f"seeded stratified {1 - test_size:.0%}/{test_size:.0%} "
             f"split of {train.identity.get('dataset')} (seed {seed})",
             "shots": f"{shots}, {repeats} repeats (seeds {seed}..{seed + repeats - 1})",
             "heads": "logreg: standardised L-BFGS, C swept 1e-6..1e5 on a validation split "
             "(fixed C=1 below 5 images/class); mlp: 1 hidden layer, AdamW, early stopping; "
             "knn: cosine, k=20, T=0.07 (DINO)",
             "scratch": f"{cfg.channels} channels, {cfg.image_size} px, <= {cfg.epochs} epochs, "
-            "early stopping on a validation split, augmentation" if scratch else "not run",
+            "early stopping on a validation split, augmentation"
+            if scratch
+            else "not run",
             "extraction": f"{extract_s:.1f} s (includes reuse of existing caches)",
             "versions": ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
         },

@@ -19,6 +19,7 @@ from ._columns import (
 )
 from ._datasets import Dataset, parse_dataset
 from ._device import resolve_device, resolve_precision
+from ._embedder import Embedder
 from ._extractor import ExtractResult, default_cache_dir, extract
 from ._images import BadImage, decode, from_array
 
@@ -28,6 +29,7 @@ __all__ = [
     "ColumnSpec",
     "ColumnUnavailableError",
     "Dataset",
+    "Embedder",
     "ExtractResult",
     "Preprocess",
     "decode",
