@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = csub.add_parser("verify", help="check a cache thoroughly; exit 1 if anything is wrong")
     q.add_argument("file")
+    q = csub.add_parser("merge", help="merge caches of one configuration into one file")
+    q.add_argument("files", nargs="+", metavar="FILE")
+    q.add_argument("-o", "--out", required=True, help="merged cache (may be one of the inputs)")
+    q = csub.add_parser("ls", help="list the caches of a folder: column, dataset, rows, size")
+    q.add_argument("dir", nargs="?", default=None, help="folder (default: the cache folder)")
+    q.add_argument("--json", action="store_true")
+    q = csub.add_parser("gc", help="remove incomplete caches, dead locks, temp files (dry run)")
+    q.add_argument("dir", nargs="?", default=None, help="folder (default: the cache folder)")
+    q.add_argument("--yes", action="store_true", help="really remove them (default: dry run)")
 
     p = sub.add_parser("heads", help="train heads on a cache, score them on another")
     p.add_argument("--train", required=True, help="training cache")
@@ -347,6 +356,45 @@ def _cache(args) -> int:
                 print(f"  - {p}")
             return 1
         print(f"{args.file}: OK")
+        return 0
+    if args.cache_cmd == "merge":
+        from .cache import merge_caches
+
+        s = merge_caches(args.files, args.out)
+        print(
+            f"{s['path']}: {s['rows']} rows, {s['skipped']} skipped, {s['duplicates']} duplicate "
+            f"rows dropped; {'complete' if s['complete'] else 'INCOMPLETE'}."
+        )
+        return 0
+    if args.cache_cmd in ("ls", "gc"):
+        from .cache import gc_caches, list_caches
+        from .extract._extractor import default_cache_dir
+
+        folder = args.dir or default_cache_dir()
+        if args.cache_cmd == "gc":
+            done = gc_caches(folder, dry_run=not args.yes)
+            for path, reason in done:
+                print(f"{'removed' if args.yes else 'would remove'} {path}: {reason}")
+            if not done:
+                print(f"{folder}: nothing to remove.")
+            elif not args.yes:
+                print(f"(dry run: nothing removed; `colhead cache gc {folder} --yes` removes them)")
+            return 0
+        entries = list_caches(folder)
+        if args.json:
+            print(json.dumps(entries, indent=2, default=str))
+            return 0
+        print(f"{'rows':>8} {'MB':>9}  {'state':<11}{'column':<22}{'dataset':<26}file")
+        for e in entries:
+            name = e["path"].rsplit("/", 1)[-1]
+            mb = f"{e['size_bytes'] / 1e6:9.1f}"
+            if e["kind"] != "cache":
+                print(f"{'-':>8} {mb}  {'not a cache':<11}{name}: {e['error'][:80]}")
+                continue
+            state = "writing" if e["writer"] else "complete" if e["complete"] else "INCOMPLETE"
+            print(f"{e['rows']:>8} {mb}  {state:<11}{e['column']:<22}{e['dataset']:<26}{name}")
+        if not entries:
+            print(f"{folder}: no *.h5 files.")
         return 0
     raise ValueError(f"Unknown cache action {args.cache_cmd!r}.")
 

@@ -6,6 +6,7 @@ Only this package touches h5py.
 from ._format import CacheError, CacheMismatchError, column_key, config_key
 from ._inspect import cache_info, verify_cache
 from ._lock import CacheLockedError
+from ._manage import gc_caches, list_caches, merge_caches
 from ._reader import FeatureCache, open_cache
 from ._writer import CacheWriter
 
@@ -18,6 +19,9 @@ __all__ = [
     "cache_info",
     "column_key",
     "config_key",
+    "gc_caches",
+    "list_caches",
+    "merge_caches",
     "open_cache",
     "verify_cache",
 ]

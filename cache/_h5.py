@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -24,6 +25,26 @@ from ._format import (
 STR = h5py.string_dtype("utf-8")
 ROW_FIELDS = ("features", "labels", "ids", "hashes", "stats", "live")
 SKIP_FIELDS = ("ids", "hashes", "stats", "reasons", "live")
+
+
+class TornRead(CacheError):
+    """A read raced a writer's append and must be retried.
+
+    SWMR protects fixed-size data and the file's metadata, but not HDF5's global heap that
+    holds variable-length strings (the ids): a reader that opened the file just before an
+    append can find the new ids' heap beyond the end of file it saw ("len exceeds EOA").
+    Committed content never changes, so reopening and reading again is exact.
+    """
+
+
+def swmr_retry(read, attempts: int = 8):
+    """Return ``read()``, which opens the file itself, retrying after a TornRead (< 1 s)."""
+    for k in range(attempts - 1):
+        try:
+            return read()
+        except TornRead:
+            time.sleep(0.005 * 2**k)
+    return read()
 
 
 def open_read(path: str | os.PathLike) -> h5py.File:

@@ -15,35 +15,46 @@ from ._lock import writer_active
 def cache_info(path: str | os.PathLike) -> dict:
     """Summary of a cache: identity, provenance, counts, skipped items, size on disk."""
     path = Path(path)
+    return _h5.swmr_retry(lambda: _info(path))
+
+
+def _info(path: Path) -> dict:
     with _h5.open_read(path) as f:
-        commit = _h5.read_commit(f, path)
-        identity, metadata = _h5.read_attrs(f)
-        n, m = int(commit[C_ROWS]), int(commit[C_SKIPPED])
-        live = int(f["live"][:n].sum())
-        s_live = f["skipped"]["live"][:m].astype(bool)
-        skipped = [
-            (str(i), str(r))
-            for i, r, lv in zip(
-                f["skipped"]["ids"].asstr()[:m], f["skipped"]["reasons"].asstr()[:m], s_live
-            )
-            if lv
-        ]
-        feats = f["features"]
-        return {
-            "path": str(path),
-            "size_bytes": path.stat().st_size,
-            "identity": identity,
-            "config_key": config_key(identity),
-            "metadata": metadata,
-            "rows": live,
-            "stale_rows": n - live,
-            "dim": int(feats.shape[1]),
-            "store_dtype": str(feats.dtype),
-            "classes": [str(c) for c in f["classes"].asstr()[: int(commit[C_CLASSES])]],
-            "skipped": skipped,
-            "complete": bool(commit[C_COMPLETE]),
-            "writer": writer_active(path),
-        }
+        try:
+            return _summary(f, path)
+        except (OSError, ValueError) as e:  # raced a writer's append (see _h5.TornRead)
+            raise _h5.TornRead(f"{path}: reading its arrays failed ({_h5._reason(e)}).") from None
+
+
+def _summary(f, path: Path) -> dict:
+    commit = _h5.read_commit(f, path)
+    identity, metadata = _h5.read_attrs(f)
+    n, m = int(commit[C_ROWS]), int(commit[C_SKIPPED])
+    live = int(f["live"][:n].sum())
+    s_live = f["skipped"]["live"][:m].astype(bool)
+    skipped = [
+        (str(i), str(r))
+        for i, r, lv in zip(
+            f["skipped"]["ids"].asstr()[:m], f["skipped"]["reasons"].asstr()[:m], s_live
+        )
+        if lv
+    ]
+    feats = f["features"]
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "identity": identity,
+        "config_key": config_key(identity),
+        "metadata": metadata,
+        "rows": live,
+        "stale_rows": n - live,
+        "dim": int(feats.shape[1]),
+        "store_dtype": str(feats.dtype),
+        "classes": [str(c) for c in f["classes"].asstr()[: int(commit[C_CLASSES])]],
+        "skipped": skipped,
+        "complete": bool(commit[C_COMPLETE]),
+        "writer": writer_active(path),
+    }
 
 
 def verify_cache(path: str | os.PathLike) -> list[str]:

@@ -12,6 +12,23 @@ HDF5's built-in file locking fails on many NFS mounts (and colhead opens every f
 
 A lock made on another host is never broken automatically: we cannot see that host's processes.
 The error says how to remove it by hand once you are sure its writer is gone.
+
+What users of shared caches (NFS and other network file systems) need to know:
+
+* ``HDF5_USE_FILE_LOCKING`` does not matter: colhead passes ``locking=False`` to every
+  ``h5py.File``, so HDF5's own locks (which fail or hang on many NFS mounts) are never taken,
+  and this lock file is the one rule. Any process that writes a cache without colhead's
+  ``CacheWriter`` bypasses it; don't.
+* NFSv3 or later (``O_EXCL`` is not atomic on NFSv2). Stale-lock detection works for writers
+  that ran on the same host as the new writer; a writer killed on another host leaves a lock
+  that must be removed by hand (``rm CACHE.h5.lock``, or ``colhead cache gc --yes`` run on that
+  host) once you are sure it is gone. Hosts should agree on their clocks within a minute.
+* Readers take no lock: they open with SWMR and trust only the committed counts, so any number
+  of them can read while one writer appends.
+
+Linux emulates ``flock`` on NFS with POSIX locks, which belong to a process, not to a file
+descriptor: probing the lock from the owning process would succeed and, on close, drop the
+owner's lock. So a lock owned by this very process is never probed (see ``_is_stale``).
 """
 
 from __future__ import annotations
@@ -22,6 +39,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+EMPTY_LOCK_S = 60  # an empty lock file younger than this may be a lock being created right now
 
 
 class CacheLockedError(RuntimeError):
@@ -40,11 +59,42 @@ def _owner() -> dict:
 
 def _read_owner(path: Path) -> dict:
     try:
-        text = path.read_text()[:4096]
-        data = json.loads(text)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        return _parse_owner(path.read_bytes()[:4096])
+    except OSError:
         return {}
+
+
+def _parse_owner(raw: bytes) -> dict:
+    try:
+        data = json.loads(raw.decode("utf-8", "replace"))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_gone(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _dead(owner: dict, mtime: float, flock_free: bool | None) -> bool:
+    """Whether a lock with this owner record, age and flock state provably has no writer."""
+    if not owner:
+        # Half-written by a writer that died between create and write, or still being
+        # written this very moment: a young empty file gets the benefit of the doubt.
+        return flock_free is not False and time.time() - mtime > EMPTY_LOCK_S
+    if owner.get("host") != socket.gethostname():
+        return False  # we cannot see another host's processes
+    if flock_free is not None:
+        return flock_free
+    return _pid_gone(owner.get("pid"))
 
 
 def _flock_free(path: Path) -> bool | None:
@@ -79,11 +129,7 @@ class WriterLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
                 if self._is_stale():
-                    # Only remove a lock we can prove is dead, then race for it again.
-                    try:
-                        self.path.unlink()
-                    except FileNotFoundError:
-                        pass
+                    self._break_stale()  # only a lock we can prove is dead; then race again
                     continue
                 raise CacheLockedError(self._held_message()) from None
             try:
@@ -98,28 +144,45 @@ class WriterLock:
 
     def _is_stale(self) -> bool:
         owner = _read_owner(self.path)
-        if not owner:
-            # Half-written by a writer that died between create and write, or still being
-            # written this very moment: a young empty file gets the benefit of the doubt.
-            try:
-                return time.time() - self.path.stat().st_mtime > 10
-            except FileNotFoundError:
-                return True
-        if owner.get("host") != socket.gethostname():
-            return False
-        free = _flock_free(self.path)
-        if free is not None:
-            return free
-        pid = owner.get("pid")
-        if not isinstance(pid, int):
-            return False
+        if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
+            return False  # ours, alive; and probing our own flock could drop it on NFS
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
             return True
-        except PermissionError:
-            return False
-        return False
+        return _dead(owner, mtime, _flock_free(self.path))
+
+    def _break_stale(self) -> None:
+        """Remove the lock file judged stale, and never a live one that replaced it meanwhile.
+
+        Two processes can judge one dead lock stale at once; if the first removes it and takes
+        a new lock before the second unlinks, a plain unlink would delete the first one's live
+        lock. So the breaker holds the file's flock (a live owner holds it, so that fails),
+        checks again under it, and unlinks only if the path still names that very file.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free = True
+            except BlockingIOError:
+                return  # a live owner (or another breaker) holds it
+            except OSError:
+                free = None  # no flock here: the pid and the inode check must do
+            st = os.fstat(fd)
+            if not _dead(_parse_owner(os.pread(fd, 4096, 0)), st.st_mtime, free):
+                return
+            try:
+                if os.stat(self.path).st_ino != st.st_ino:
+                    return  # replaced by a new lock since we looked
+            except FileNotFoundError:
+                return
+            os.unlink(self.path)
+        finally:
+            os.close(fd)  # drops our flock on the now nameless file
 
     def _held_message(self) -> str:
         owner = _read_owner(self.path)
@@ -138,7 +201,7 @@ class WriterLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
+        try:  # unlink before close: the name goes while we still hold the flock (see above)
             self.path.unlink()
         except FileNotFoundError:
             pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -31,7 +32,7 @@ from ._format import (
     config_key,
     dump_attr,
 )
-from ._lock import CacheLockedError, WriterLock, lock_path_for, writer_active
+from ._lock import CacheLockedError, WriterLock, writer_active
 
 MAX_RUNS_KEPT = 20
 BLOCK = 8192  # rows read at once while merging
@@ -260,21 +261,7 @@ def list_caches(directory: str | os.PathLike) -> list[dict]:
             continue
         entry: dict = {"path": str(p), "size_bytes": p.stat().st_size}
         try:
-            with _h5.open_read(p) as f:
-                c = _h5.read_commit(f, p)
-                ident, _ = _h5.read_attrs(f)
-                n, m = int(c[C_ROWS]), int(c[C_SKIPPED])
-                entry.update(
-                    kind="cache",
-                    column=ident.get("column"),
-                    dataset=ident.get("dataset"),
-                    precision=ident.get("precision"),
-                    store_dtype=ident.get("store_dtype"),
-                    rows=int(f["live"][:n].sum()),
-                    skipped=int(f["skipped"]["live"][:m].sum()),
-                    complete=bool(c[C_COMPLETE]),
-                    config_key=config_key(ident),
-                )
+            entry.update(_h5.swmr_retry(partial(_summary, p)))
         except (CacheError, OSError, ValueError) as e:
             entry.update(kind="not a cache", error=str(e))
             out.append(entry)
@@ -282,6 +269,28 @@ def list_caches(directory: str | os.PathLike) -> list[dict]:
         entry["writer"] = writer_active(p)
         out.append(entry)
     return out
+
+
+def _summary(p: Path) -> dict:
+    with _h5.open_read(p) as f:
+        c = _h5.read_commit(f, p)
+        ident, _ = _h5.read_attrs(f)
+        n, m = int(c[C_ROWS]), int(c[C_SKIPPED])
+        try:
+            rows, skipped = int(f["live"][:n].sum()), int(f["skipped"]["live"][:m].sum())
+        except (OSError, ValueError) as e:  # raced a writer's append: retried
+            raise _h5.TornRead(f"{p}: reading its arrays failed ({_h5._reason(e)}).") from None
+    return dict(
+        kind="cache",
+        column=ident.get("column"),
+        dataset=ident.get("dataset"),
+        precision=ident.get("precision"),
+        store_dtype=ident.get("store_dtype"),
+        rows=rows,
+        skipped=skipped,
+        complete=bool(c[C_COMPLETE]),
+        config_key=config_key(ident),
+    )
 
 
 def gc_caches(
@@ -360,17 +369,12 @@ def gc_caches(
 def _incomplete_idle(p: Path, *, locked: bool = False) -> str | None:
     """Why ``p`` may go (an incomplete colhead cache nobody writes), or None to keep it."""
     try:
-        with _h5.open_read(p) as f:
-            c = _h5.read_commit(f, p)
-            n = int(c[C_ROWS])
-            if c[C_COMPLETE]:
-                return None
-            rows = int(f["live"][:n].sum())
+        s = _h5.swmr_retry(lambda: _summary(p))
     except (CacheError, OSError, ValueError):
         return None  # not ours, or unreadable: gc never deletes what it cannot identify
-    if not locked and writer_active(p):
+    if s["complete"] or (not locked and writer_active(p)):
         return None
-    return f"incomplete cache ({rows} rows) with no writer running"
+    return f"incomplete cache ({s['rows']} rows) with no writer running"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -390,4 +394,4 @@ def _folder(directory) -> Path:
     return d
 
 
-__all__ = ["gc_caches", "list_caches", "lock_path_for", "merge_caches"]
+__all__ = ["gc_caches", "list_caches", "merge_caches"]

@@ -93,6 +93,10 @@ def open_cache(
         CacheError: the file is not a readable colhead cache (or incomplete when required).
     """
     path = Path(path)
+    return _h5.swmr_retry(lambda: _read(path, dtype, require_complete, include_stale))
+
+
+def _read(path: Path, dtype, require_complete: bool, include_stale: bool) -> FeatureCache:
     with _h5.open_read(path) as f:
         commit = _h5.read_commit(f, path)
         identity, metadata = _h5.read_attrs(f)
@@ -117,7 +121,7 @@ def open_cache(
             s_ids = g["ids"].asstr()[:m]
             s_reasons = g["reasons"].asstr()[:m]
         except (OSError, ValueError) as e:
-            raise CacheError(
+            raise _h5.TornRead(  # retried; raised as the CacheError it is if it persists
                 f"{path}: reading its arrays failed ({_h5._reason(e)}); the file is corrupt. "
                 "Run `colhead cache verify` on it."
             ) from None

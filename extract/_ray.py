@@ -1,0 +1,341 @@
+"""The Ray engine: the local extractor's plan and cache, with the work spread over a Ray cluster.
+
+``extract_ray`` has the signature and result of :func:`colhead.extract`; only the scheduling
+differs. What runs where::
+
+    driver        checks, plan (the local engine's ``begin`` on the same CacheWriter, lock held)
+                  one Arrow block per batch of pending positions ──┐
+    CPU tasks     map_batches(_decode): read, hash, decode, resize/crop -> uint8 images
+    actor pool    map_batches(_Column): the column (num_gpus=1 each when the cluster has GPUs,
+                  CPU actors otherwise), normalised on the device -> float32 vectors
+    driver        iter_batches: ``write_batch`` commits each batch, ``finish`` marks it complete
+
+Why stream to one writer instead of per-worker shards merged at the end: the single writer is
+the local engine's writer, so the cache key, the lock, provenance, incremental updates and
+resume are the same code, not a re-implementation; each batch is committed (two-phase, SWMR)
+as it arrives, so a run killed at any moment keeps every batch written and a rerun extracts only
+what is missing, whereas shards would keep nothing until the merge and need their own resume
+bookkeeping; and the writer is never the bottleneck: appending a batch of vectors to HDF5 costs
+well under a millisecond per image while the column costs milliseconds per image, so one driver
+keeps up with many GPUs. Shards remain possible for clusters that cannot see one file system:
+extract on each, then ``colhead cache merge``.
+
+Ordering: results arrive in completion order (``preserve_order`` stays off, so a slow batch never
+stalls the others), so rows are written in arrival order, not dataset order. Every row's id,
+label, hash and vector travel together, so ids and vectors always match, and each batch holds
+exactly the items of the local engine's batch (item ``i`` in batch ``i // batch_size``): the
+vectors equal the local engine's within the precision's tolerance (bit-equal on the same
+hardware and kernels). Readers that want dataset order sort by id or use the dataset's order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+
+from ._device import PRECISIONS
+from ._extractor import (
+    ExtractResult,
+    _Items,
+    begin,
+    cache_path,
+    check_args,
+    check_out,
+    describe,
+    finish,
+    write_batch,
+)
+
+
+def extract_ray(
+    column: str = "efficientnet_lite0",
+    data="elpv",
+    *,
+    ray_address: str | None = None,
+    split: str | None = None,
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    store_dtype: str = "float32",
+    weights: str | os.PathLike | None = None,
+    draft: bool = True,
+    progress: bool = True,
+    allow_absolute: bool = False,
+    retry_skipped: bool = False,
+) -> ExtractResult:
+    """Like :func:`colhead.extract`, with decoding and the column running on a Ray cluster.
+
+    Args:
+        ray_address: the cluster: ``auto`` (a ``ray start`` cluster on this machine),
+            ``HOST:PORT``, ``ray://HOST:10001`` (Ray Client). Default: ``$RAY_ADDRESS`` when set,
+            else a private local Ray with this machine's CPUs (and GPUs).
+        workers: column actors (default: one per GPU of the cluster; on a CPU-only cluster
+            half its CPUs, so decoding keeps the other half).
+        device: "auto" (GPUs when the cluster has them) | "cpu" | "cuda".
+
+    Every other argument means what it means for :func:`colhead.extract`. File datasets must be
+    readable at the same paths on every node (a shared file system), and the cache is written
+    by this process only.
+    """
+    spec, ds = check_args(
+        column,
+        data,
+        split=split,
+        batch_size=batch_size,
+        store_dtype=store_dtype,
+        weights=weights,
+        allow_absolute=allow_absolute,
+    )
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("fp16 needs a CUDA device; on the CPU use bf16 (or fp32).")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers (column actors) must be >= 1, got {workers}.")
+    check_out(out, cache_dir)
+
+    from ..cache import CacheWriter
+
+    t0 = time.perf_counter()
+    ray = _connect(ray_address)
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
+    use_gpu = device != "cpu" and gpus > 0
+    if device.startswith("cuda") and not gpus:
+        raise RuntimeError(f"--device {device} was asked for, but the Ray cluster has no GPUs.")
+    if precision == "fp16" and not use_gpu:
+        raise ValueError("fp16 needs a CUDA device; the Ray cluster has none. Use bf16 or fp32.")
+    actors = workers or (gpus if use_gpu else max(1, cpus // 2))
+    dev = "cuda" if use_gpu else "cpu"
+
+    # Resolve precision and build the column once where the actors will run: "auto" depends on
+    # their hardware, and a column that cannot load there fails here, before the cache opens.
+    probe = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1)(_probe)
+    col_identity, dim, wfile, dev_name = ray.get(probe.remote(spec.name, dev, precision, weights))
+    identity, metadata = describe(
+        spec,
+        ds,
+        col_identity,
+        dim=dim,
+        weights_file=wfile,
+        store_dtype=store_dtype,
+        run={
+            "engine": "ray",
+            "ray": ray.__version__,
+            "device": f"{actors} x {dev_name}",
+            "batch_size": batch_size,
+            "host": socket.gethostname(),
+        },
+    )
+    prec = identity["precision"]
+    writer = CacheWriter(
+        cache_path(identity, out, cache_dir),
+        identity=identity,
+        metadata=metadata,
+        dim=dim,
+        store_dtype=store_dtype,
+    )
+    try:
+        p = begin(writer, ds, batch_size, retry_skipped=retry_skipped)
+        counts, times = (0, 0), (0.0, 0.0, 0.0)
+        if p.batches:
+            pipe = _pipeline(
+                ray,
+                p.batches,
+                _Items(ds, spec.preprocess, draft),
+                column=spec.name,
+                device=dev,
+                precision=prec,
+                weights=weights,
+                weights_sha256=identity["weights_sha256"],
+                actors=actors,
+                use_gpu=use_gpu,
+            )
+            counts, times = _drain(pipe, writer, ds, p, progress=progress, desc=spec.name)
+        return finish(
+            writer,
+            p,
+            written=counts[0],
+            skipped_now=counts[1],
+            t0=t0,
+            times=times,
+            device=f"ray:{actors}x{dev}",
+            precision=prec,
+        )
+    finally:
+        writer.close()
+
+
+def _connect(address: str | None):
+    """Join (or start) Ray once per process, quietly."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+        if address:
+            ray.init(address=address, **kw)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init(**kw)  # Ray's own convention: the environment names the cluster
+        else:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kw)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # colhead shows one bar of its own, on the driver
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return ray
+
+
+def _probe(column, device, precision, weights):
+    from ._embedder import Embedder
+
+    emb = Embedder(column, device=device, precision=precision, weights=weights)
+    if emb.device.type == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(emb.device)
+    else:
+        name = "cpu"
+    return emb.identity, emb.dim, str(emb.weights_file) if emb.weights_file else None, name
+
+
+def _pipeline(
+    ray, batches, items, *, column, device, precision, weights, weights_sha256, actors, use_gpu
+):
+    import pyarrow as pa
+
+    # One block per batch: Ray Data hands whole blocks to map_batches(batch_size=None), so each
+    # forward pass sees exactly the local engine's batch.
+    blocks = [pa.table({"pos": np.asarray(b, np.int64)}) for b in batches]
+    return (
+        ray.data.from_arrow(blocks)
+        .map_batches(
+            _decode,
+            fn_kwargs={"items": items},
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=1,
+            # A memory hint (a batch of images, in and out, plus the interpreter) that also
+            # keeps these tasks' arguments different from the actors', so Ray does not fuse
+            # decoding into the column actors: decoding belongs on CPUs, beside the GPUs.
+            memory=64 * 2**20 + 4 * max(map(len, batches)) * items.pre.crop**2 * 3,
+        )
+        .map_batches(
+            _Column,
+            fn_constructor_kwargs=dict(
+                column=column,
+                device=device,
+                precision=precision,
+                weights=weights,
+                weights_sha256=weights_sha256,
+            ),
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_size=None,
+            batch_format="numpy",
+            num_gpus=1 if use_gpu else 0,
+            num_cpus=1,
+        )
+    )
+
+
+def _decode(batch: dict, items: _Items) -> dict:
+    """CPU task: positions -> preprocessed uint8 images, content hashes, stats, reasons."""
+    t = time.perf_counter()
+    pos = batch["pos"]
+    c = items.pre.crop
+    k = len(pos)
+    x = np.zeros((k, c, c, 3), np.uint8)
+    ok = np.zeros(k, bool)
+    hashes, reasons = [], []
+    stats = np.zeros((k, 2), np.int64)
+    for j, i in enumerate(pos):
+        _, arr, h, st, reason = items[int(i)]
+        if arr is not None:
+            x[j], ok[j] = arr, True
+        hashes.append(h)
+        reasons.append(reason or "")
+        stats[j] = st
+    return {
+        "pos": pos,
+        "ok": ok,
+        "x": x,
+        "hash": np.array(hashes, dtype=object),
+        "stat": stats,
+        "reason": np.array(reasons, dtype=object),
+        "read_s": np.full(k, (time.perf_counter() - t) / max(1, k)),
+    }
+
+
+class _Column:
+    """Actor: the column, loaded once, on its GPU or CPU."""
+
+    def __init__(self, column, device, precision, weights, weights_sha256):
+        from ._embedder import Embedder
+
+        self.emb = Embedder(column, device=device, precision=precision, weights=weights)
+        if self.emb.weights_sha256 != weights_sha256:
+            raise RuntimeError(
+                f"The column {column} on host {socket.gethostname()} has weights with sha256 "
+                f"{self.emb.weights_sha256[:16]}…, not {weights_sha256[:16]}… as on the first "
+                "worker: install the same weights on every node (or pass --weights on a shared "
+                "file system)."
+            )
+
+    def __call__(self, batch: dict) -> dict:
+        t = time.perf_counter()
+        ok = batch["ok"]
+        feats = np.zeros((len(ok), self.emb.dim), np.float32)
+        if ok.any():
+            feats[ok] = self.emb.forward(np.ascontiguousarray(batch["x"][ok]))
+        out = {k: v for k, v in batch.items() if k != "x"}  # images stay here: only vectors go
+        out["feat"] = feats
+        out["column_s"] = np.full(len(ok), (time.perf_counter() - t) / max(1, len(ok)))
+        return out
+
+
+def _drain(pipe, writer, ds, p, *, progress: bool, desc: str):
+    """Driver: commit batches as they arrive (any order), through the one writer."""
+    from tqdm.auto import tqdm
+
+    read_s = column_s = write_s = 0.0
+    written = skipped_now = 0
+    bar = tqdm(total=p.pending, unit="img", disable=not progress, desc=desc, smoothing=0.1)
+    try:
+        for b in pipe.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            t = time.perf_counter()
+            ok = b["ok"].astype(bool)
+            pos = [int(i) for i in b["pos"]]
+            idx = [i for i, g in zip(pos, ok) if g]
+            stats = [tuple(int(v) for v in s) for s in b["stat"]]
+            bad = [
+                (i, None, str(h), st, str(r))
+                for i, g, h, st, r in zip(pos, ok, b["hash"], stats, b["reason"])
+                if not g
+            ]
+            hashes = [str(h) for h, g in zip(b["hash"], ok) if g]
+            good_stats = [s for s, g in zip(stats, ok) if g]
+            feats = b["feat"][ok] if idx else None
+            write_batch(writer, ds, p.label_of, idx, hashes, good_stats, feats, bad)
+            write_s += time.perf_counter() - t
+            read_s += float(b["read_s"].sum())
+            column_s += float(b["column_s"].sum())
+            written += len(idx)
+            skipped_now += len(bad)
+            bar.update(len(pos))
+            bar.set_postfix(skipped=skipped_now, refresh=False)
+    finally:
+        bar.close()
+    return (written, skipped_now), (read_s, column_s, write_s)
+
+
+__all__ = ["extract_ray"]
