@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import _flags
 from ._format import (
     C_CLASSES,
     C_ROWS,
@@ -57,16 +58,33 @@ def open_read(path: str | os.PathLike) -> h5py.File:
         raise FileNotFoundError(f"No cache file at {path}.")
     if path.is_dir():
         raise CacheError(f"{path} is a directory, not a cache file.")
-    try:
-        f = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
-    except OSError:
+    for attempt in range(20):
+        try:
+            f = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+            break
+        except OSError:
+            pass
         try:  # a plain (non-SWMR) HDF5 file: readable, though not one of ours
             f = h5py.File(path, "r", locking=False)
+            break
         except OSError as e:
-            raise CacheError(
-                f"{path} cannot be read as HDF5 ({_reason(e)}); it is truncated, corrupt or not a "
-                "colhead cache. Run `colhead cache verify` on it; to start over, delete it."
-            ) from None
+            flags = _flags.write_flags(path)
+            if flags is None or flags & _flags.SWMR_WRITE_ACCESS or not flags:
+                raise CacheError(
+                    f"{path} cannot be read as HDF5 ({_reason(e)}); it is truncated, corrupt or "
+                    "not a colhead cache. Run `colhead cache verify` on it; to start over, "
+                    "delete it."
+                ) from None
+            # Marked open by a writer without SWMR: a writer checks and stamps the file that
+            # way for a few milliseconds before it switches to SWMR (see CacheWriter._open).
+            if attempt == 19:
+                raise CacheError(
+                    f"{path} is marked as open by a writer that has not switched to SWMR mode: "
+                    "one is opening it right now, or one was killed while opening it. Rerun the "
+                    "same `colhead extract` command: it recovers the file and keeps every "
+                    "committed row."
+                ) from None
+            time.sleep(0.05)
     try:
         check_header(f, path)
     except BaseException:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _h5
+from . import _flags, _h5
 from ._format import (
     C_CLASSES,
     C_COMPLETE,
@@ -72,6 +74,7 @@ class CacheWriter:
 
     # -- opening -----------------------------------------------------------------------------
     def _open(self, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
+        self._remove_dead_temps()
         if not self.path.exists():
             _h5.create(
                 self.path,
@@ -80,30 +83,62 @@ class CacheWriter:
                 dim=dim,
                 store_dtype=store_dtype,
             )
+        # Check and stamp in one short non-SWMR session, closed at once: a file open for
+        # writing without SWMR is marked so that nobody can open it, readers included, and a
+        # kill -9 would leave that mark behind (see _flags). Everything after runs in SWMR mode.
+        f = self._open_plain()
         try:
-            f = h5py.File(self.path, "r+", libver="latest", locking=False)
+            self._check_and_stamp(f, identity, metadata, dim, store_dtype)
+        finally:
+            f.close()
+        try:
+            f = _open_swmr_write(self.path)
+        except OSError as e:
+            raise CacheError(
+                f"{self.path} cannot be opened for writing ({_h5._reason(e)})."
+            ) from None
+        self._f = f
+        try:
+            self._commit = _h5.read_commit(f, self.path)
+            self.existing = self._load_existing()
+            n_classes = int(self._commit[C_CLASSES])
+            self.classes = [str(c) for c in f["classes"].asstr()[:n_classes]]
+        except BaseException:
+            self._f = None
+            f.close()
+            raise
+
+    def _remove_dead_temps(self) -> None:
+        """Remove what a killed writer of this cache left while creating or recovering it.
+
+        ``.NAME.PID.init`` and ``.NAME.PID.copy`` are only made under this cache's writer lock,
+        which we hold, so their makers are gone; each is as large as the cache.
+        """
+        pattern = re.compile(rf"\.{re.escape(self.path.name)}\.(\d+)\.(?:init|copy)")
+        for p in self.path.parent.glob(f".{glob.escape(self.path.name)}.*"):
+            m = pattern.fullmatch(p.name)
+            if m and int(m.group(1)) != os.getpid():
+                p.unlink(missing_ok=True)
+
+    def _open_plain(self) -> h5py.File:
+        """Open read-write without SWMR, first recovering the file of a writer that died."""
+        try:
+            return h5py.File(self.path, "r+", libver="latest", locking=False)
         except OSError as e:
             if "already open for write" not in str(e):
                 raise CacheError(
                     f"{self.path} cannot be opened for writing ({_h5._reason(e)}). If it is "
                     "corrupt, run `colhead cache verify` on it, or write to another file."
                 ) from None
-            # We hold the writer lock, so the 'in use' flag was left by a writer that died.
-            with _h5.open_read(self.path) as src:
-                _h5.copy_committed(src, self.path, self.path)
-            f = h5py.File(self.path, "r+", libver="latest", locking=False)
-        try:
-            self._check_and_stamp(f, identity, metadata, dim, store_dtype)
-        except BaseException:
-            f.close()
-            raise
-        self._f = f
-        self._commit = _h5.read_commit(f, self.path)
-        self.existing = self._load_existing()
-        self.classes = [str(c) for c in f["classes"].asstr()[: int(self._commit[C_CLASSES])]]
-        # From here on only appends and in-place writes: SWMR keeps the file readable by
-        # readers and recoverable after a crash at any moment.
-        f.swmr_mode = True
+        # We hold the writer lock, so the 'in use' mark was left by a writer that died. A mark
+        # without SWMR (it died while opening) only needs clearing; a SWMR writer's file is
+        # rewritten with exactly its committed content, as SWMR leaves its mark for good.
+        flags = _flags.write_flags(self.path)
+        if flags is not None and not flags & _flags.SWMR_WRITE_ACCESS:
+            _flags.clear_write_flags(self.path)
+        with _h5.open_read(self.path) as src:
+            _h5.copy_committed(src, self.path, self.path)
+        return h5py.File(self.path, "r+", libver="latest", locking=False)
 
     def _check_and_stamp(self, f, identity, metadata, dim, store_dtype) -> None:
         _h5.check_header(f, self.path)
@@ -248,6 +283,16 @@ class CacheWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_swmr_write(path: Path) -> h5py.File:
+    """Open read-write straight in SWMR mode: the file is never marked as a plain writer's."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    if hasattr(fapl, "set_file_locking"):
+        fapl.set_file_locking(False, False)  # as locking=False: our own lock file rules
+    flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+    return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
 
 
 def _extend(ds, n: int, values: np.ndarray) -> None:
