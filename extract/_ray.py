@@ -30,12 +30,16 @@ hardware and kernels). Readers that want dataset order sort by id or use the dat
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
 import time
 
 import numpy as np
+
+if importlib.util.find_spec("ray") is None:  # cheap: Ray itself is imported when a run starts
+    raise ImportError("the Ray engine needs Ray: pip install 'colhead[ray]'")
 
 from ._device import PRECISIONS
 from ._extractor import (
@@ -116,6 +120,9 @@ def extract_ray(
         raise ValueError("fp16 needs a CUDA device; the Ray cluster has none. Use bf16 or fp32.")
     actors = workers or (gpus if use_gpu else max(1, cpus // 2))
     dev = "cuda" if use_gpu else "cpu"
+    # CPU reservations that can always all be met: decoding keeps at least half the CPUs (or
+    # one), so more CPU actors than CPUs share them instead of starving the decode tasks.
+    cpu = {"decode": min(1.0, cpus / 2), "actor": 1.0 if use_gpu else min(1.0, cpus / 2 / actors)}
 
     # Resolve precision and build the column once where the actors will run: "auto" depends on
     # their hardware, and a column that cannot load there fails here, before the cache opens.
@@ -159,6 +166,7 @@ def extract_ray(
                 weights_sha256=identity["weights_sha256"],
                 actors=actors,
                 use_gpu=use_gpu,
+                cpu=cpu,
             )
             counts, times = _drain(pipe, writer, ds, p, progress=progress, desc=spec.name)
         return finish(
@@ -210,7 +218,7 @@ def _probe(column, device, precision, weights):
 
 
 def _pipeline(
-    ray, batches, items, *, column, device, precision, weights, weights_sha256, actors, use_gpu
+    ray, batches, items, *, column, device, precision, weights, weights_sha256, actors, use_gpu, cpu
 ):
     import pyarrow as pa
 
@@ -224,7 +232,7 @@ def _pipeline(
             fn_kwargs={"items": items},
             batch_size=None,
             batch_format="numpy",
-            num_cpus=1,
+            num_cpus=cpu["decode"],
             # A memory hint (a batch of images, in and out, plus the interpreter) that also
             # keeps these tasks' arguments different from the actors', so Ray does not fuse
             # decoding into the column actors: decoding belongs on CPUs, beside the GPUs.
@@ -243,7 +251,7 @@ def _pipeline(
             batch_size=None,
             batch_format="numpy",
             num_gpus=1 if use_gpu else 0,
-            num_cpus=1,
+            num_cpus=cpu["actor"],
         )
     )
 

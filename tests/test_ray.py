@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
+# Ray Data's own deprecation notices about its settings, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
 import colhead  # noqa: E402
 from colhead.cache import open_cache, verify_cache  # noqa: E402
