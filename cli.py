@@ -79,7 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="compare on the embedded offline default (lite0 over elpv)")
     _add_compare_args(p, data_required=False)
-    p.add_argument("--quick", action="store_true", help="smaller run (shots 1,10,all, 1 repeat)")
+    p.add_argument(
+        "--quick", action="store_true", help="smaller run (shots 1,all, 1 repeat, 5 scratch epochs)"
+    )
+    # Sized for a laptop: a few minutes on 2 CPU cores, most of it the one-off extraction.
+    p.set_defaults(shots="1,10,all", repeats=2, scratch_epochs=10)
 
     p = sub.add_parser("predict", help="label new images with a saved head and its column")
     p.add_argument("--head", required=True, help="a head file (.npz) from heads --save")
@@ -179,7 +183,7 @@ def _compare(args) -> int:
 
     shots, repeats = args.shots, args.repeats
     if getattr(args, "quick", False):
-        shots, repeats = "1,10,all", 1
+        shots, repeats, args.scratch_epochs = "1,all", 1, 5
     slug = "".join(c if c.isalnum() else "-" for c in args.data.split(":")[0])
     out = args.out or f"reports/{slug}"
     t0 = time.perf_counter()
