@@ -370,8 +370,7 @@ def create_app(
     Returns:
         The app; serve it with uvicorn (``run`` does).
     """
-    from .extract import BadImage, get_column
-    from .extract._embedder import Embedder
+    from .extract import BadImage, Embedder, get_column
 
     # Cheap checks first, before the column loads.
     for name, value, low in (
@@ -388,7 +387,9 @@ def create_app(
     if heads_path is not None and not heads_path.is_dir():
         raise FileNotFoundError(f"The heads folder {heads_path} does not exist.")
     get_column(column)
-    token = token if token is not None else os.environ.get("COLHEAD_TOKEN") or None
+    if token is None:
+        token = os.environ.get("COLHEAD_TOKEN")
+    token = token or None  # an empty token means none, not "send an empty one"
 
     t0 = time.perf_counter()
     embedder = Embedder(column, device=device, precision=precision)
@@ -602,8 +603,8 @@ def run(
     """
     import uvicorn
 
-    token = kw.get("token") or os.environ.get("COLHEAD_TOKEN") or None
-    check_bind(host, token, allow_remote)
+    token = kw.get("token")
+    check_bind(host, os.environ.get("COLHEAD_TOKEN") if token is None else token, allow_remote)
     if not log.handlers:  # uvicorn configures only its own loggers; show ours the same way
         from uvicorn.logging import DefaultFormatter
 
