@@ -49,7 +49,7 @@ def decode(data: bytes, pre: Preprocess, *, draft: bool = True) -> np.ndarray:
                 if scale < 0.5:  # only worth it when libjpeg can reduce by 2x or more
                     img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             img.load()
-            img = to_rgb(img)
+            img = _rgb_or_grey(img)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -58,7 +58,7 @@ def decode(data: bytes, pre: Preprocess, *, draft: bool = True) -> np.ndarray:
         raise BadImage("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage(f"cannot decode: {str(e)[:200] or type(e).__name__}") from None
-    return resize_crop(img, pre)
+    return _rgb_array(resize_crop(img, pre))
 
 
 def from_array(arr: np.ndarray, pre: Preprocess) -> np.ndarray:
@@ -67,12 +67,12 @@ def from_array(arr: np.ndarray, pre: Preprocess) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = _to_uint8(arr.astype(np.float64))
     if arr.ndim == 2:
-        img = Image.fromarray(arr, "L").convert("RGB")
+        img = Image.fromarray(arr, "L")
     elif arr.ndim == 3 and arr.shape[2] == 3:
         img = Image.fromarray(arr, "RGB")
     else:
         raise BadImage(f"array of shape {arr.shape} is not an image")
-    return resize_crop(img, pre)
+    return _rgb_array(resize_crop(img, pre))
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
@@ -86,11 +86,20 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB, upright, first frame; alpha composited on white."""
+    img = _rgb_or_grey(img)
+    return img.convert("RGB") if img.mode == "L" else img
+
+
+def _rgb_or_grey(img: Image.Image) -> Image.Image:
+    """As ``to_rgb``, but grey images stay "L": resizing one band instead of three (PIL works on
+    4-byte RGBX pixels) makes elpv-like grey images decode ~1.5x faster, with the same bytes."""
     img = ImageOps.exif_transpose(img) or img
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img)
-        return Image.fromarray(_to_uint8(arr.astype(np.float64)), "L").convert("RGB")
+        return Image.fromarray(_to_uint8(arr.astype(np.float64)), "L")
+    if mode in ("L", "1"):
+        return img.convert("L") if mode == "1" else img
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode in ("LA", "PA", "La", "RGBa"):
@@ -101,8 +110,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def _rgb_array(arr: np.ndarray) -> np.ndarray:
+    """(c, c) grey -> (c, c, 3): every band of a grey image converted to RGB is the grey value."""
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+
+
 def resize_crop(img: Image.Image, pre: Preprocess) -> np.ndarray:
-    """Resize the short side to ``pre.resize``, centre-crop ``pre.crop`` (as torchvision does)."""
+    """Resize the short side to ``pre.resize``, centre-crop ``pre.crop`` (as torchvision does).
+
+    Returns (crop, crop, 3) for RGB images and (crop, crop) for grey ("L") ones.
+    """
     w, h = img.size
     if w < 1 or h < 1:
         raise BadImage(f"image has no pixels ({w}x{h})")

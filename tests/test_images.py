@@ -129,3 +129,26 @@ def test_arrays_become_images(arr):
 def test_array_of_wrong_shape_is_rejected():
     with pytest.raises(BadImage, match="not an image"):
         from_array(np.zeros((4, 4, 4)), PRE)
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "I;16", "F"])
+@pytest.mark.parametrize("pre", [PRE, Preprocess(256, 224, (0.5,) * 3, (0.5,) * 3, "bicubic")])
+def test_grey_images_decode_to_the_same_bytes_as_through_rgb(mode, pre):
+    """The grey fast path (resize one band, then repeat it) equals converting to RGB first."""
+    from colhead.extract._images import resize_crop, to_rgb
+
+    rng = np.random.default_rng(3)
+    grey = Image.fromarray(rng.integers(0, 255, (300, 277), dtype=np.uint8), "L")
+    img = (
+        grey.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(rng.integers(0, 65535, (300, 277), dtype=np.uint16))
+    )
+    fmt = "TIFF" if mode in ("F", "I;16") else "PNG"
+    data = enc(img, fmt)
+    expected = resize_crop(to_rgb(Image.open(io.BytesIO(data))), pre)
+    assert expected.shape == (pre.crop, pre.crop, 3)
+    np.testing.assert_array_equal(decode(data, pre), expected)
+    if mode == "L":
+        arr = np.asarray(grey)
+        np.testing.assert_array_equal(from_array(arr, pre), resize_crop(to_rgb(grey), pre))
