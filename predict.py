@@ -79,7 +79,8 @@ class Predictor:
             )
         names = self.meta.get("class_names") or []
         self.labels = [
-            names[int(c)] if isinstance(c, (int, np.integer)) and 0 <= int(c) < len(names)
+            names[int(c)]
+            if isinstance(c, (int, np.integer)) and 0 <= int(c) < len(names)
             else str(c)
             for c in self.head.classes_
         ]
@@ -88,13 +89,24 @@ class Predictor:
         """Label and probabilities per image; a bad image gets ``error`` instead."""
         feats, errors = self.embedder.embed(list(images))
         ok = [i for i, e in enumerate(errors) if e is None]
-        proba = self.head.predict_proba(feats[ok]) if ok else np.zeros((0, len(self.labels)))
         out: list[dict] = [{"error": e} for e in errors]
-        for row, i in zip(proba, ok):
+        for i, answer in zip(ok, self.predict_features(feats[ok], top=top)):
+            out[i] = answer
+        return out
+
+    def predict_features(self, features: np.ndarray, *, top: int = 5) -> list[dict]:
+        """Label, probability and top-k labels for vectors of this head's column."""
+        if len(features) == 0:
+            return []
+        proba = self.head.predict_proba(features)
+        out = []
+        for row in proba:
             order = np.argsort(-row)[:top]
-            out[i] = {
-                "label": self.labels[order[0]],
-                "probability": float(row[order[0]]),
-                "top": [{"label": self.labels[j], "probability": float(row[j])} for j in order],
-            }
+            out.append(
+                {
+                    "label": self.labels[order[0]],
+                    "probability": float(row[order[0]]),
+                    "top": [{"label": self.labels[j], "probability": float(row[j])} for j in order],
+                }
+            )
         return out

@@ -562,17 +562,10 @@ def create_app(
         items = await vectors(files)
         ok = [it for it in items if "vector" in it]
         if ok:
-            feats = np.stack([it["vector"] for it in ok])
-            proba = await run_in_threadpool(entry.predictor.head.predict_proba, feats)
-            labels = entry.predictor.labels
-            for it, row in zip(ok, proba):
-                order = np.argsort(-row)[:top]
-                del it["vector"]
-                it.update(
-                    label=labels[order[0]],
-                    probability=float(row[order[0]]),
-                    top=[{"label": labels[j], "probability": float(row[j])} for j in order],
-                )
+            feats = np.stack([it.pop("vector") for it in ok])
+            answers = await run_in_threadpool(entry.predictor.predict_features, feats, top=top)
+            for it, answer in zip(ok, answers):
+                it.update(answer)
         return JSONResponse({"head": head, "column": embedder.spec.name, "results": items})
 
     return app
