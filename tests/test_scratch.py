@@ -14,8 +14,8 @@ from sklearn.model_selection import train_test_split
 
 from colhead.heads._scratch import ScratchClassifier, ScratchConfig, SmallCNN
 
-# Digits are not mirror-symmetric (a flipped 2 is not a 2), so the flip augmentation that suits
-# photos is switched off; 16 px keeps an epoch well under a second on 2 cores.
+# Digits are not mirror-symmetric (a flipped 2 is not a 2): augmentation stays off (the default,
+# pinned here); 16 px keeps an epoch well under a second on 2 cores.
 FAST = {"image_size": 16, "augment": False, "device": "cpu"}
 
 
@@ -64,15 +64,18 @@ def test_greyscale_rgb_and_float_input_agree(fitted, digits):
     np.testing.assert_allclose(fitted.predict_proba(as_float), fitted.predict_proba(rgb))
 
 
-def test_string_labels_and_explicit_validation_set(digits):
+def test_string_labels_explicit_validation_set_bf16_and_progress(digits, capsys):
     X_tr, X_te, y_tr, y_te = digits
     names = np.array(
         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     )
-    clf = ScratchClassifier(epochs=2, **FAST).fit(X_tr[:300], names[y_tr[:300]], X_te, names[y_te])
+    # bf16 autocast runs on any CPU (emulated without native support), so this path is tested.
+    clf = ScratchClassifier(epochs=2, precision="bf16", progress=True, **FAST)
+    clf.fit(X_tr[:300], names[y_tr[:300]], X_te, names[y_te])
     assert list(clf.classes_) == sorted(names)
     assert set(clf.predict(X_te[:5])) <= set(names)
     assert all(h["val_acc"] is not None for h in clf.history_)
+    assert "val_acc" in capsys.readouterr().err  # the tqdm bar's postfix
 
 
 def test_same_seed_same_model_on_cpu_fp32(digits):
