@@ -7,12 +7,11 @@ store a fitted one in a pickle-free ``.npz`` file.
 
 import difflib
 
+from ._compare import Method, metrics, parse_shots, run_comparison
 from ._io import load_head, save_head
 from ._knn import KNNHead
 from ._logreg import LogRegHead
 from ._mlp import MLPHead
-
-from ._compare import Method, metrics, parse_shots, run_comparison
 from ._report import write_report
 from ._scratch import ScratchClassifier, ScratchConfig
 

@@ -7,13 +7,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from colhead.heads import HEADS, KNNHead, LogRegHead, MLPHead, _io, load_head, make_head, save_head
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_classification
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
+
+from colhead.heads import HEADS, KNNHead, LogRegHead, MLPHead, _io, load_head, make_head, save_head
 
 # Small settings so every head fits in well under a second on 2 cores.
 SMALL = {
