@@ -11,6 +11,11 @@ from ._columns import get_column
 from ._device import autocast, resolve_device, resolve_precision
 from ._images import BadImage, decode, from_array
 
+# On the CPU the column runs best over small slices of a batch: EfficientNet-Lite0's activations
+# for 8 images stay in cache, for 64 they do not. The slicing is a fixed function of the batch, so
+# a resumed extraction still computes exactly what an uninterrupted one does.
+CPU_MICRO_BATCH = 8
+
 
 class Embedder:
     """Load a column once (frozen, eval mode) and turn batches of images into vectors.
@@ -49,6 +54,8 @@ class Embedder:
         # normalisation folded into one multiply-add on uint8 input, done on the device
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        # CPU only: the model runs over slices of this many rows (see ``forward``); None = whole.
+        self.micro_batch = CPU_MICRO_BATCH if self.device.type == "cpu" else None
         self.dim = self.spec.dim or int(
             self.forward(np.zeros((1, pre.crop, pre.crop, 3), np.uint8)).shape[1]
         )
@@ -85,6 +92,13 @@ class Embedder:
         import torch
 
         x = torch.as_tensor(batch)
+        step = self.micro_batch or len(x)
+        slices = [x[s : s + step] for s in range(0, len(x), step)] or [x]
+        return np.concatenate([self._forward(s) for s in slices])
+
+    def _forward(self, x) -> np.ndarray:
+        import torch
+
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = (x - self._mean) / self._std
         if self.channels_last:
