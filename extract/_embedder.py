@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,58 @@ from ._images import BadImage, decode, from_array
 # for 8 images stay in cache, for 64 they do not. The slicing is a fixed function of the batch, so
 # a resumed extraction still computes exactly what an uninterrupted one does.
 CPU_MICRO_BATCH = 8
+
+
+class ThreadTuner:
+    """Choose the column's torch thread count by measuring it, and keep measuring.
+
+    On shared cores (decode workers, other jobs) an OpenMP forward with as many threads as
+    cores stalls at every layer's barrier whenever one of its threads is preempted, and fewer
+    threads win; on idle cores more threads win. Each option is tried (its first slice is warm-up
+    and not counted), then the fastest per image is used, and every ``every`` slices the option
+    measured longest ago is tried again, since the load on the cores changes. The vectors do not
+    depend on the thread count (checked for the CPU kernels colhead uses), only the speed does.
+    """
+
+    def __init__(self, options, *, every: int = 16, probes: int = 3):
+        self.options = sorted(set(int(o) for o in options if o >= 1))
+        self.every, self.probes = every, probes
+        self.spi: dict[int, list[float]] = {o: [] for o in self.options}  # s/image, last 3
+        self.seen = {o: 0 for o in self.options}
+        self.last = {o: -1 for o in self.options}
+        self.calls = 0
+        self.current = self.options[0]
+
+    def choose(self) -> int:
+        self.calls += 1
+        for o in self.options:  # explore: warm-up plus ``probes`` measured slices each
+            if self.seen[o] < self.probes + 1:
+                return o
+        if self.calls % self.every == 0:  # re-check the option measured longest ago
+            return min(self.options, key=lambda o: self.last[o])
+        # the median of the last three: one slice hit by a preemption does not decide
+        return min(self.options, key=lambda o: statistics.median(self.spi[o] or [float("inf")]))
+
+    @contextlib.contextmanager
+    def threads(self):
+        """Run the block with the chosen thread count, then give the caller's back."""
+        import torch
+
+        self.current = self.choose()
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.current)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def record(self, seconds: float, n: int) -> None:
+        o = self.current
+        self.seen[o] += 1
+        self.last[o] = self.calls
+        if self.seen[o] == 1 or n == 0:  # first slice on a thread count: warm-up
+            return
+        self.spi[o] = self.spi[o][-2:] + [seconds / n]
 
 
 class Embedder:
@@ -56,6 +111,7 @@ class Embedder:
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
         # CPU only: the model runs over slices of this many rows (see ``forward``); None = whole.
         self.micro_batch = CPU_MICRO_BATCH if self.device.type == "cpu" else None
+        self.tuner: ThreadTuner | None = None  # set by the extractor when cores are shared
         self.dim = self.spec.dim or int(
             self.forward(np.zeros((1, pre.crop, pre.crop, 3), np.uint8)).shape[1]
         )
@@ -94,7 +150,15 @@ class Embedder:
         x = torch.as_tensor(batch)
         step = self.micro_batch or len(x)
         slices = [x[s : s + step] for s in range(0, len(x), step)] or [x]
-        return np.concatenate([self._forward(s) for s in slices])
+        if self.tuner is None:
+            return np.concatenate([self._forward(s) for s in slices])
+        out = []
+        for s in slices:
+            t0 = time.perf_counter()
+            with self.tuner.threads():
+                out.append(self._forward(s))
+            self.tuner.record(time.perf_counter() - t0, len(s))
+        return np.concatenate(out)
 
     def _forward(self, x) -> np.ndarray:
         import torch

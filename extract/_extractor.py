@@ -19,7 +19,7 @@ import numpy as np
 from ._columns import ColumnSpec, get_column
 from ._datasets import Dataset, parse_dataset
 from ._device import resolve_device, resolve_precision
-from ._embedder import Embedder
+from ._embedder import Embedder, ThreadTuner
 from ._images import BadImage, decode, from_array
 
 NO_HASH = "0" * 64  # an unreadable file has no content to hash
@@ -220,7 +220,8 @@ def extract(
         out: the cache file. Default: a file per configuration under ``cache_dir``.
         cache_dir: default ``$COLHEAD_CACHE`` or the user's cache folder.
         batch_size: images per forward pass.
-        workers: DataLoader decode workers (default: 2, 0 = decode in this process).
+        workers: DataLoader decode workers (default: 2 on the CPU, which then gives the column the
+            remaining cores; on CUDA all cores but one, up to 16; 0 = decode in this process).
         device: "auto" | "cpu" | "cuda".
         precision: "auto" | "fp32" | "bf16" | "fp16"; auto = bf16 where the hardware has it.
         store_dtype: "float32" or "float16" for the stored vectors.
@@ -280,12 +281,31 @@ def extract(
         writer.close()
 
 
+def workers_and_threads(workers: int | None, device) -> tuple[int, int | None]:
+    """Decode workers and the column's torch threads for a run; None = leave threads as they are.
+
+    On the CPU decoding and the column share the cores, so the column gets the cores the workers
+    leave (at least one). An OpenMP forward whose threads a decode worker preempts stalls at every
+    layer's barrier: on 2 cores, 1 thread + 2 workers ran 1.6-1.9x faster than 2 threads + 2
+    workers, on elpv PNGs and on large JPEGs alike (bench/extract.py, docs/performance.md). On
+    CUDA the column needs no CPU threads and decoding is what limits, so most cores decode.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return (max(2, min(cores - 1, 16)) if workers is None else workers), None
+    n = min(2, cores) if workers is None else workers
+    return n, max(1, cores - n)
+
+
 def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped, t0):
     import torch
     from tqdm.auto import tqdm
 
     p = begin(writer, ds, batch_size, retry_skipped=retry_skipped)
-    n_workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    n_workers, threads = workers_and_threads(workers, emb.device)
     loader = torch.utils.data.DataLoader(
         _Items(ds, emb.spec.preprocess, emb.draft),
         batch_sampler=p.batches,
@@ -297,6 +317,10 @@ def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped
     read_s = column_s = write_s = 0.0
     written = skipped_now = 0
     bar = tqdm(total=p.pending, unit="img", disable=not progress, desc=emb.spec.name, smoothing=0.1)
+    if threads is not None and threads < torch.get_num_threads():
+        # shared cores: let the column measure which thread count runs faster (never more
+        # threads than the caller allowed)
+        emb.tuner = ThreadTuner((threads, torch.get_num_threads()))
     tick = time.perf_counter()
     try:
         for idx, x, hashes, stats, bad in loader:
@@ -314,6 +338,7 @@ def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped
             bar.set_postfix(skipped=skipped_now, refresh=False)
     finally:
         bar.close()
+        emb.tuner = None
     return finish(
         writer,
         p,
