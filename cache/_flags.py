@@ -84,6 +84,35 @@ def write_flags(path: str | os.PathLike) -> int | None:
     return head[_FLAGS_AT] if _superblock(head) is not None else None
 
 
+def extend_eoa(path: str | os.PathLike, increment: int = 1 << 20) -> bool:
+    """Set the superblock's end-of-file address past the file's end, as ``h5clear --increment``.
+
+    A SWMR writer that died (killed, or its disk full) may have grown a global heap, where the
+    ids live, past the end of file its superblock recorded, or have written only the start of
+    a grown heap; HDF5 then refuses to read the committed ids stored in it ("len exceeds
+    EOA"). Moving the address past the end lets it load the heap (bytes past the end of the
+    file read as zeros, which a heap reads as free space), so the committed rows can be read
+    and recovered. The caller must hold the cache's writer lock, or be its writer. True if set.
+    """
+    with open(path, "r+b") as f:
+        head = f.read(64)
+        size = os.fstat(f.fileno()).st_size
+        end = _superblock(head)
+        if end is None or not head[_FLAGS_AT] & SWMR_WRITE_ACCESS:
+            return False
+        width = head[9]
+        base = int.from_bytes(head[12 : 12 + width], "little")
+        at = 12 + 2 * width
+        eoa = max(base + int.from_bytes(head[at : at + width], "little"), size) + increment
+        block = bytearray(head[:end])
+        block[at : at + width] = (eoa - base).to_bytes(width, "little")
+        f.seek(0)
+        f.write(bytes(block) + struct.pack("<I", lookup3(bytes(block))))
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def clear_write_flags(path: str | os.PathLike) -> bool:
     """Clear a dead writer's 'open for writing' mark (as ``h5clear -s``); True if cleared.
 

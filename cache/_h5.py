@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -94,8 +95,13 @@ def open_read(path: str | os.PathLike) -> h5py.File:
 
 
 def _reason(e: BaseException) -> str:
-    msg = str(e).split("(")[0].strip() or type(e).__name__
-    return msg[:200]
+    """HDF5's message, short: its summary and the detail in its parentheses (or the errno's)."""
+    text = str(e)
+    head, _, detail = text.partition("(")
+    head = head.strip() or type(e).__name__
+    errno_msg = re.search(r"error message = '([^']*)'", detail)
+    detail = errno_msg.group(1) if errno_msg else detail.rsplit(")", 1)[0].strip()
+    return (f"{head}: {detail}" if detail else head)[:200]
 
 
 def check_header(f: h5py.File, path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
+import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from ._format import (
 from ._lock import WriterLock
 
 MAX_RUNS_KEPT = 20  # provenance of the last runs; older ones drop so the attribute stays small
+MIN_ROOM = 256 * 1024  # bytes a writer wants free before it starts: a first batch's chunks
 
 
 @dataclass
@@ -35,6 +39,77 @@ class Existing:
 
     rows: dict[str, tuple[int, str, tuple[int, int]]]
     skipped: dict[str, tuple[int, str, tuple[int, int]]]
+
+
+def _writes(what: str):
+    """Turn an HDF5 write failure into a CacheError that says what is kept and what to do."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def writing(self, *args, **kwargs):
+            if self._failed:
+                raise CacheError(
+                    f"{self.path}: an earlier write failed; open a new CacheWriter to go on."
+                )
+            committed = self.n_rows
+            try:
+                return method(self, *args, **kwargs)
+            except CacheError:
+                raise
+            except (OSError, RuntimeError) as e:
+                raise self._write_failed(e, what, committed) from None
+
+        return writing
+
+    return wrap
+
+
+def _detach(f) -> None:
+    """Point an HDF5 file's descriptor at /dev/null once a write to it failed.
+
+    HDF5 retries a failed flush whenever the file or one of its datasets is closed, at exit at
+    last, and a retry that gets further than the first try can leave a file whose header says
+    it was closed cleanly while its tail is missing. After this the file's state on disk is
+    the one of the failure: marked open by a SWMR writer, which the next writer recovers.
+    """
+    try:
+        fd = f.id.get_vfd_handle() if f is not None and f.id.valid else None
+    except Exception:  # not the default (sec2) driver: nothing to detach
+        fd = None
+    if isinstance(fd, int):
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+
+
+def _close_quietly(f) -> None:
+    try:
+        f.close()
+    except (OSError, RuntimeError):
+        pass
+
+
+_QUIET: set[str] = set()  # "filename = 'PATH'" of the files the writers opened
+
+
+def _quiet_failed_writes(path: Path) -> None:
+    """Drop the 'Exception ignored' tracebacks h5py prints when a dataset of ``path`` fails
+    to flush as it is freed: the failure surfaces again, as a CacheError, at the next flush."""
+    _QUIET.add(f"filename = '{path}'")
+    if getattr(sys.unraisablehook, "colhead_quiet", False):
+        return
+    hook = sys.unraisablehook
+
+    def quiet(u) -> None:
+        text = str(u.exc_value)
+        if "h5py" in str(u.object) and any(m in text for m in _QUIET):
+            return
+        hook(u)
+
+    quiet.colhead_quiet = True
+    sys.unraisablehook = quiet
 
 
 class CacheWriter:
@@ -65,16 +140,21 @@ class CacheWriter:
         if store_dtype not in ("float32", "float16"):
             raise ValueError(f"store_dtype must be 'float32' or 'float16', got {store_dtype!r}.")
         self.path = Path(path)
+        self._failed = False
         self._lock = WriterLock(self.path).acquire()
+        _quiet_failed_writes(self.path)
         try:
             self._open(identity, metadata, dim, store_dtype)
-        except BaseException:
+        except BaseException as e:
             self._lock.release()
+            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CacheError):
+                raise self._write_failed(e, "the header", None) from None
             raise
 
     # -- opening -----------------------------------------------------------------------------
     def _open(self, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
         self._remove_dead_temps()
+        self._check_room()
         if not self.path.exists():
             _h5.create(
                 self.path,
@@ -89,8 +169,12 @@ class CacheWriter:
         f = self._open_plain()
         try:
             self._check_and_stamp(f, identity, metadata, dim, store_dtype)
-        finally:
             f.close()
+        except BaseException as e:
+            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CacheError):
+                _detach(f)  # a failed write: keep the file as it was (see _detach)
+            _close_quietly(f)
+            raise
         try:
             f = _open_swmr_write(self.path)
         except OSError as e:
@@ -99,6 +183,12 @@ class CacheWriter:
             ) from None
         self._f = f
         try:
+            # Hold every dataset open while writing: HDF5 flushes a dataset's chunk cache when
+            # its last handle closes, and a flush that fails there (a full disk) could only be
+            # printed by h5py, not raised; this way it fails in f.flush(), as a CacheError.
+            self._open_datasets = [f[n] for n in _h5.ROW_FIELDS + ("classes", "commit")] + [
+                f["skipped"][n] for n in _h5.SKIP_FIELDS
+            ]
             self._commit = _h5.read_commit(f, self.path)
             self.existing = self._load_existing()
             n_classes = int(self._commit[C_CLASSES])
@@ -107,6 +197,30 @@ class CacheWriter:
             self._f = None
             f.close()
             raise
+
+    def _check_room(self) -> None:
+        """Refuse to start on a (nearly) full disk, before anything is written.
+
+        A write that fails half-way is survived (see ``_write_failed``), but not touching the
+        file at all is cleaner, and it makes a failure while creating or recovering the file,
+        whose partial writes h5py can only print, not raise, unlikely.
+        """
+        size = self.path.stat().st_size if self.path.exists() else 0
+        st = os.statvfs(self.path.parent)
+        room = st.f_bavail * st.f_frsize
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:  # a new file (create, recovery) may grow to `soft`
+            room = min(room, soft - size)
+        # A dead writer's file is rewritten aside before it is renamed back: a full copy.
+        recovering = size and _flags.write_flags(self.path)
+        need = MIN_ROOM + (size if recovering else 0)
+        if room < need:
+            raise CacheError(
+                f"Only {room / 1e6:.2f} MB can be written beside {self.path} (free disk space, "
+                f"or this process's file-size limit); colhead needs {need / 1e6:.2f} MB to "
+                + ("recover it and go on" if recovering else "start writing it")
+                + ". Make room and rerun the same command; nothing was changed."
+            )
 
     def _remove_dead_temps(self) -> None:
         """Remove what a killed writer of this cache left while creating or recovering it.
@@ -125,17 +239,20 @@ class CacheWriter:
         try:
             return h5py.File(self.path, "r+", libver="latest", locking=False)
         except OSError as e:
-            if "already open for write" not in str(e):
+            flags = _flags.write_flags(self.path)
+            if "already open for write" not in str(e) and not flags:
                 raise CacheError(
                     f"{self.path} cannot be opened for writing ({_h5._reason(e)}). If it is "
                     "corrupt, run `colhead cache verify` on it, or write to another file."
                 ) from None
-        # We hold the writer lock, so the 'in use' mark was left by a writer that died. A mark
-        # without SWMR (it died while opening) only needs clearing; a SWMR writer's file is
-        # rewritten with exactly its committed content, as SWMR leaves its mark for good.
-        flags = _flags.write_flags(self.path)
+        # We hold the writer lock, so the 'in use' mark was left by a writer that died (killed,
+        # or its disk filled up: then the file may also end short of its last allocation).
+        # A mark without SWMR (it died while opening) only needs clearing; a SWMR writer's file
+        # is rewritten with exactly its committed content, as SWMR leaves its mark for good.
         if flags is not None and not flags & _flags.SWMR_WRITE_ACCESS:
             _flags.clear_write_flags(self.path)
+        elif flags:
+            _flags.extend_eoa(self.path)
         with _h5.open_read(self.path) as src:
             _h5.copy_committed(src, self.path, self.path)
         return h5py.File(self.path, "r+", libver="latest", locking=False)
@@ -177,6 +294,7 @@ class CacheWriter:
         )
 
     # -- writing -----------------------------------------------------------------------------
+    @_writes("new class names")
     def class_indices(self, names) -> np.ndarray:
         """Indices of class names in this cache, adding new names at the end.
 
@@ -196,6 +314,7 @@ class CacheWriter:
             self._write_commit()
         return np.array([pos[str(n)] for n in names], dtype=np.int64)
 
+    @_writes("retired rows")
     def retire(self, rows=(), skipped=()) -> None:
         """Mark rows (and skipped entries) as no longer current: changed or gone items."""
         for table, idx in ((self.existing.rows, rows), (self.existing.skipped, skipped)):
@@ -211,6 +330,7 @@ class CacheWriter:
                 ds[lo:hi] = live
         self._f.flush()
 
+    @_writes("a batch of rows")
     def append(self, ids, hashes, stats, labels, features) -> None:
         """Append a batch of rows and commit it (data first, then the row count)."""
         k = len(ids)
@@ -233,6 +353,7 @@ class CacheWriter:
         for i, (id_, h, st) in enumerate(zip(ids, hashes, stats)):
             self.existing.rows[id_] = (n + i, h, (int(st[0]), int(st[1])))
 
+    @_writes("skipped items")
     def skip(self, ids, hashes, stats, reasons) -> None:
         """Record items that could not be read, with the reason, and commit."""
         k = len(ids)
@@ -251,12 +372,14 @@ class CacheWriter:
         for i, (id_, h, st) in enumerate(zip(ids, hashes, stats)):
             self.existing.skipped[id_] = (m + i, h, (int(st[0]), int(st[1])))
 
+    @_writes("the completeness marker")
     def finish(self) -> None:
         """Mark the cache complete for its dataset (the completeness marker, written last)."""
         self._commit[C_COMPLETE] = 1
         self._commit[C_FINISHED] = time.time()
         self._write_commit()
 
+    @_writes("the incompleteness marker")
     def mark_incomplete(self) -> None:
         if self._commit[C_COMPLETE]:
             self._commit[C_COMPLETE] = 0
@@ -271,12 +394,42 @@ class CacheWriter:
         return int(self._commit[C_ROWS])
 
     def close(self) -> None:
-        if getattr(self, "_f", None) is not None:
-            try:
-                self._f.close()
-            finally:
-                self._f = None
-                self._lock.release()
+        f, self._f = getattr(self, "_f", None), None
+        if f is None:
+            return
+        try:
+            f.close()
+        except (OSError, RuntimeError) as e:
+            if not self._failed:
+                error = self._write_failed(e, "its last changes", self.n_rows, f)
+                _close_quietly(f)
+                raise error from None
+            _close_quietly(f)
+        finally:
+            self._lock.release()
+
+    def _write_failed(self, e, what: str, kept: int | None, f=None) -> CacheError:
+        """The error for a write the file system refused: a full disk, a quota, a size limit.
+
+        From here on nothing of this writer reaches the disk (see ``_detach``): what it had
+        committed stays as it is, and the next writer recovers exactly that.
+        """
+        self._failed = True
+        _detach(f if f is not None else getattr(self, "_f", None))
+        try:  # readers can then read every committed row, as after a kill (see _flags)
+            _flags.extend_eoa(self.path)
+        except OSError:
+            pass
+        rows = (
+            "Every row committed before is"
+            if kept is None
+            else f"The {kept} rows committed before are"
+        )
+        return CacheError(
+            f"Writing {what} to {self.path} failed ({_h5._reason(e)}). Is the disk full, or a "
+            f"quota or file-size limit reached? {rows} kept: make room and rerun the same "
+            "command to finish."
+        )
 
     def __enter__(self) -> CacheWriter:
         return self
