@@ -18,13 +18,18 @@ Items come in a fixed order (sorted paths, or index), which is what makes resume
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+# No image colhead decodes is larger: the pixel limit (_images.MAX_PIXELS, ~89 MP) at 16-bit
+# RGBA uncompressed is ~720 MB. Reading a bigger file whole would only exhaust memory.
+MAX_FILE_BYTES = 1 << 30
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DATASETS = ("folder", "csv", "digits", "elpv", "fashion-mnist", "flowers102")
 
@@ -66,7 +71,15 @@ class Dataset:
     def read(self, i: int):
         """Raw content: bytes of the file, or the array. Raises OSError for unreadable files."""
         if self.paths is not None:
-            with open(self.paths[i], "rb") as f:
+            # O_NONBLOCK: opening a named pipe must not wait for a writer that never comes;
+            # the check below then refuses it, and devices (a link to /dev/zero never ends).
+            fd = os.open(self.paths[i], os.O_RDONLY | os.O_NONBLOCK)
+            with open(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)")
+                if st.st_size > MAX_FILE_BYTES:
+                    raise OSError(errno.EFBIG, f"{st.st_size} bytes, more than any decodable image")
                 return f.read()
         return self.arrays[i]
 
