@@ -177,21 +177,32 @@ def _csv(arg: str, *, allow_absolute: bool) -> Dataset:
     if not file.is_file():
         raise FileNotFoundError(f"No CSV file at {file} (from --data csv:{arg}).")
     base = file.parent
-    with open(file, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in cols:
-            raise ValueError(
-                f"{file} must have a header row with a 'path' column (and optionally 'label'); "
-                f"found columns: {cols or 'none'}."
-            )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    # utf-8-sig: spreadsheets save CSV with a byte-order mark, which would hide 'path'.
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            if "path" not in cols:
+                raise ValueError(
+                    f"{file} must have a header row with a 'path' column (and optionally "
+                    f"'label'); found columns: {cols or 'none'}."
+                )
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{file} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save it as UTF-8."
+        ) from None
+    except csv.Error as e:
+        raise ValueError(f"{file} is not a readable CSV file: {e}.") from None
     has_label = "label" in cols
     paths, ids, labels = [], [], []
     for lineno, r in enumerate(rows, start=2):
         raw = r.get("path", "")
         if not raw:
             raise ValueError(f"{file}, line {lineno}: empty path.")
+        if "\0" in raw or "\0" in r.get("label", ""):
+            raise ValueError(f"{file}, line {lineno}: contains a NUL byte.")
         p = Path(raw)
         full = (p if p.is_absolute() else base / p).resolve()
         if not allow_absolute and (p.is_absolute() or not full.is_relative_to(base)):
