@@ -84,6 +84,29 @@ def write_flags(path: str | os.PathLike) -> int | None:
     return head[_FLAGS_AT] if _superblock(head) is not None else None
 
 
+def truncation(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(size, expected size) when a closed file is shorter than its superblock says, else None.
+
+    HDF5 checks this when it opens a file without SWMR, but not with SWMR (a writer may be
+    extending the file), and a SWMR read of a truncated file can then spin for minutes. A file
+    with no writer mark has been closed, and closing makes the file exactly as long as the
+    superblock's end-of-file address, so a shorter one lost its tail.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    end = _superblock(head)
+    if end is None or head[_FLAGS_AT]:
+        return None
+    width = head[9]
+    base = int.from_bytes(head[12 : 12 + width], "little")
+    eof = int.from_bytes(head[12 + 2 * width : 12 + 3 * width], "little")
+    return (size, base + eof) if size < base + eof else None
+
+
 def extend_eoa(path: str | os.PathLike, increment: int = 1 << 20) -> bool:
     """Set the superblock's end-of-file address past the file's end, as ``h5clear --increment``.
 

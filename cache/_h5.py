@@ -13,6 +13,7 @@ import numpy as np
 from . import _flags
 from ._format import (
     C_CLASSES,
+    C_FINISHED,
     C_ROWS,
     C_SKIPPED,
     COMMIT_LEN,
@@ -49,8 +50,18 @@ def swmr_retry(read, attempts: int = 8):
     return read()
 
 
+# What h5py raises on a damaged file, depending on where the damage is: callers turn these
+# into CacheError (see ``corrupt``), so a bad file is a message, never a traceback.
+READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
+
+
 def open_read(path: str | os.PathLike) -> h5py.File:
     """Open a cache for reading, safely even while a writer appends (SWMR).
+
+    A file that a SWMR writer has open (or had, when it died) is opened in SWMR mode; any other
+    file is opened plainly, which checks its length and metadata checksums at once: a SWMR
+    reader retries a bad checksum or a read past the end of file for minutes, taking damage
+    for a writer's append in flight.
 
     Raises CacheError with a readable message for a missing, unreadable or foreign file.
     """
@@ -59,23 +70,32 @@ def open_read(path: str | os.PathLike) -> h5py.File:
         raise FileNotFoundError(f"No cache file at {path}.")
     if path.is_dir():
         raise CacheError(f"{path} is a directory, not a cache file.")
+    short = _flags.truncation(path)
+    if short:
+        raise CacheError(
+            f"{path} is truncated: it has {short[0]} bytes, its header says {short[1]} (an "
+            "interrupted copy or download?). Copy it again, or delete it and re-extract."
+        )
     for attempt in range(20):
+        flags = _flags.write_flags(path)
         try:
-            f = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
-            break
-        except OSError:
-            pass
-        try:  # a plain (non-SWMR) HDF5 file: readable, though not one of ours
-            f = h5py.File(path, "r", locking=False)
+            if flags and flags & _flags.SWMR_WRITE_ACCESS:
+                f = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+            else:
+                f = h5py.File(path, "r", locking=False)
             break
         except OSError as e:
-            flags = _flags.write_flags(path)
-            if flags is None or flags & _flags.SWMR_WRITE_ACCESS or not flags:
+            now = _flags.write_flags(path)
+            if now and now != flags:
+                continue  # a writer opened or switched to SWMR meanwhile: open it that way
+            if not now:
                 raise CacheError(
                     f"{path} cannot be read as HDF5 ({_reason(e)}); it is truncated, corrupt or "
                     "not a colhead cache. Run `colhead cache verify` on it; to start over, "
                     "delete it."
                 ) from None
+            if now & _flags.SWMR_WRITE_ACCESS:
+                raise corrupt(path, e) from None
             # Marked open by a writer without SWMR: a writer checks and stamps the file that
             # way for a few milliseconds before it switches to SWMR (see CacheWriter._open).
             if attempt == 19:
@@ -88,15 +108,25 @@ def open_read(path: str | os.PathLike) -> h5py.File:
             time.sleep(0.05)
     try:
         check_header(f, path)
-    except BaseException:
+    except BaseException as e:
         f.close()
+        if isinstance(e, READ_ERRORS) and not isinstance(e, CacheError):
+            raise corrupt(path, e) from None
         raise
     return f
 
 
+def corrupt(path, e: BaseException) -> CacheError:
+    """The CacheError for a file that h5py could open but not read."""
+    return CacheError(
+        f"{path} is corrupt: reading it failed ({_reason(e)}). Run `colhead cache verify` on "
+        "it; to start over, delete it and extract again."
+    )
+
+
 def _reason(e: BaseException) -> str:
     """HDF5's message, short: its summary and the detail in its parentheses (or the errno's)."""
-    text = str(e)
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     head, _, detail = text.partition("(")
     head = head.strip() or type(e).__name__
     errno_msg = re.search(r"error message = '([^']*)'", detail)
@@ -119,13 +149,25 @@ def check_header(f: h5py.File, path) -> None:
 
 
 def read_commit(f: h5py.File, path) -> np.ndarray:
+    """The committed counts, checked against the datasets' lengths."""
     try:
-        commit = np.asarray(f["commit"][:], dtype=np.float64)
-    except (OSError, KeyError) as e:
+        return _read_commit(f, path)
+    except READ_ERRORS as e:
+        if isinstance(e, CacheError):
+            raise
         raise CacheError(
             f"{path}: cannot read /commit ({_reason(e)}); the file is corrupt."
         ) from None
-    if commit.shape != (COMMIT_LEN,) or not np.all(np.isfinite(commit)) or np.any(commit < 0):
+
+
+def _read_commit(f: h5py.File, path) -> np.ndarray:
+    commit = np.asarray(f["commit"][:], dtype=np.float64)
+    if (
+        commit.shape != (COMMIT_LEN,)
+        or not np.all(np.isfinite(commit))
+        or np.any(commit < 0)
+        or np.any(commit[:C_FINISHED] != np.round(commit[:C_FINISHED]))  # counts and a flag
+    ):
         raise CacheError(f"{path}: /commit holds {commit.tolist()}, which is not valid.")
     n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
     for name in ROW_FIELDS:

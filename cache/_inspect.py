@@ -15,7 +15,12 @@ from ._lock import writer_active
 def cache_info(path: str | os.PathLike) -> dict:
     """Summary of a cache: identity, provenance, counts, skipped items, size on disk."""
     path = Path(path)
-    return _h5.swmr_retry(lambda: _info(path))
+    try:
+        return _h5.swmr_retry(lambda: _info(path))
+    except _h5.READ_ERRORS as e:
+        if isinstance(e, (CacheError, FileNotFoundError)):
+            raise
+        raise _h5.corrupt(path, e) from None
 
 
 def _info(path: Path) -> dict:
@@ -60,6 +65,15 @@ def _summary(f, path: Path) -> dict:
 def verify_cache(path: str | os.PathLike) -> list[str]:
     """Check a cache thoroughly; return the problems found (empty list = healthy)."""
     path = Path(path)
+    try:
+        return _verify(path)
+    except _h5.READ_ERRORS as e:  # damage in a place the checks below do not expect
+        if isinstance(e, CacheError):
+            return [str(e)]
+        return [str(_h5.corrupt(path, e))]
+
+
+def _verify(path: Path) -> list[str]:
     problems: list[str] = []
     try:
         f = _h5.open_read(path)

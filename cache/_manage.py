@@ -262,7 +262,7 @@ def list_caches(directory: str | os.PathLike) -> list[dict]:
         entry: dict = {"path": str(p), "size_bytes": p.stat().st_size}
         try:
             entry.update(_h5.swmr_retry(partial(_summary, p)))
-        except (CacheError, OSError, ValueError) as e:
+        except _h5.READ_ERRORS as e:  # CacheError included: damage of any kind
             entry.update(kind="not a cache", error=str(e))
             out.append(entry)
             continue
@@ -370,7 +370,7 @@ def _incomplete_idle(p: Path, *, locked: bool = False) -> str | None:
     """Why ``p`` may go (an incomplete colhead cache nobody writes), or None to keep it."""
     try:
         s = _h5.swmr_retry(lambda: _summary(p))
-    except (CacheError, OSError, ValueError):
+    except _h5.READ_ERRORS:  # CacheError included
         return None  # not ours, or unreadable: gc never deletes what it cannot identify
     if s["complete"] or (not locked and writer_active(p)):
         return None

@@ -93,7 +93,12 @@ def open_cache(
         CacheError: the file is not a readable colhead cache (or incomplete when required).
     """
     path = Path(path)
-    return _h5.swmr_retry(lambda: _read(path, dtype, require_complete, include_stale))
+    try:
+        return _h5.swmr_retry(lambda: _read(path, dtype, require_complete, include_stale))
+    except _h5.READ_ERRORS as e:
+        if isinstance(e, (CacheError, FileNotFoundError)):
+            raise
+        raise _h5.corrupt(path, e) from None
 
 
 def _read(path: Path, dtype, require_complete: bool, include_stale: bool) -> FeatureCache:

@@ -84,6 +84,21 @@ def _detach(f) -> None:
             os.close(null)
 
 
+def _load_existing(f, commit) -> Existing:
+    n, m = int(commit[C_ROWS]), int(commit[C_SKIPPED])
+    g = f["skipped"]
+    return Existing(
+        rows=_index(f["ids"], f["hashes"], f["stats"], f["live"], n),
+        skipped=_index(g["ids"], g["hashes"], g["stats"], g["live"], m),
+    )
+
+
+def _reading_failed(e: BaseException) -> bool:
+    """Whether an h5py error came from reading (damage) rather than writing (no room)."""
+    text = str(e).lower()
+    return not any(w in text for w in ("write", "flush", "space", "too large", "extend"))
+
+
 def _close_quietly(f) -> None:
     try:
         f.close()
@@ -163,40 +178,82 @@ class CacheWriter:
                 dim=dim,
                 store_dtype=store_dtype,
             )
-        # Check and stamp in one short non-SWMR session, closed at once: a file open for
-        # writing without SWMR is marked so that nobody can open it, readers included, and a
-        # kill -9 would leave that mark behind (see _flags). Everything after runs in SWMR mode.
-        f = self._open_plain()
-        try:
-            self._check_and_stamp(f, identity, metadata, dim, store_dtype)
-            f.close()
-        except BaseException as e:
-            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CacheError):
-                _detach(f)  # a failed write: keep the file as it was (see _detach)
-            _close_quietly(f)
-            raise
+        self._recover_if_dead()
+        # Three sessions. 1: read what the file holds, read-only and without SWMR, so damage
+        # fails at once (a SWMR handle retries a bad checksum for minutes) and readers are
+        # not disturbed. 2: stamp this run into the metadata, in a short non-SWMR write session
+        # closed at once (such a session marks the file so that nobody, readers included, can
+        # open it, and a kill -9 would leave the mark: see _flags). 3: append in SWMR mode.
+        old_meta = self._read(identity, dim, store_dtype)
+        self._stamp(old_meta, metadata)
         try:
             f = _open_swmr_write(self.path)
         except OSError as e:
             raise CacheError(
                 f"{self.path} cannot be opened for writing ({_h5._reason(e)})."
             ) from None
+        # Hold every dataset open while writing: HDF5 flushes a dataset's chunk cache when its
+        # last handle closes, and a flush that fails there (a full disk) could only be printed
+        # by h5py, not raised; this way it fails in f.flush(), as a CacheError.
+        self._open_datasets = [f[n] for n in _h5.ROW_FIELDS + ("classes", "commit")] + [
+            f["skipped"][n] for n in _h5.SKIP_FIELDS
+        ]
         self._f = f
+
+    def _read(self, identity: dict, dim: int, store_dtype: str) -> dict:
+        """Check the file against this run and load its committed index; the old metadata."""
         try:
-            # Hold every dataset open while writing: HDF5 flushes a dataset's chunk cache when
-            # its last handle closes, and a flush that fails there (a full disk) could only be
-            # printed by h5py, not raised; this way it fails in f.flush(), as a CacheError.
-            self._open_datasets = [f[n] for n in _h5.ROW_FIELDS + ("classes", "commit")] + [
-                f["skipped"][n] for n in _h5.SKIP_FIELDS
-            ]
-            self._commit = _h5.read_commit(f, self.path)
-            self.existing = self._load_existing()
-            n_classes = int(self._commit[C_CLASSES])
-            self.classes = [str(c) for c in f["classes"].asstr()[:n_classes]]
-        except BaseException:
-            self._f = None
+            with h5py.File(self.path, "r", locking=False) as f:
+                _h5.check_header(f, self.path)
+                stored, old_meta = _h5.read_attrs(f)
+                stored_dim, stored_dtype = f["features"].shape[1], f["features"].dtype
+                self._check(stored, stored_dim, stored_dtype, identity, dim, store_dtype)
+                self._commit = _h5.read_commit(f, self.path)
+                self.existing = _load_existing(f, self._commit)
+                n_classes = int(self._commit[C_CLASSES])
+                self.classes = [str(c) for c in f["classes"].asstr()[:n_classes]]
+        except _h5.READ_ERRORS as e:
+            if isinstance(e, (CacheError, CacheMismatchError)):
+                raise
+            raise _h5.corrupt(self.path, e) from None
+        return old_meta
+
+    def _check(self, stored, stored_dim, stored_dtype, identity, dim, store_dtype) -> None:
+        diff = identity_diff(stored, identity)
+        if diff:
+            raise CacheMismatchError(
+                f"The cache {self.path} was made with another column configuration or dataset, "
+                "and colhead never mixes two in one file:\n  "
+                + "\n  ".join(diff)
+                + "\nUse another --out file, or --cache-dir to get one file per configuration."
+            )
+        if stored_dim != dim or stored_dtype != np.dtype(store_dtype):
+            raise CacheMismatchError(
+                f"The cache {self.path} stores {stored_dtype} vectors of dim "
+                f"{stored_dim}, not {store_dtype} of dim {dim}."
+            )
+
+    def _stamp(self, old_meta: dict, metadata: dict) -> None:
+        """Record this run in the metadata attribute (non-SWMR: keep it short, see _open)."""
+        runs = list(old_meta.get("runs", []))[-(MAX_RUNS_KEPT - 1) :]
+        runs.append({"started_at": _now(), **metadata.get("run", {})})
+        merged = {**old_meta, **_without(metadata, "run"), "runs": runs}
+        text = dump_attr(merged)
+        try:
+            f = h5py.File(self.path, "r+", libver="latest", locking=False)
+        except OSError as e:
+            raise CacheError(
+                f"{self.path} cannot be opened for writing ({_h5._reason(e)}). If it is "
+                "corrupt, run `colhead cache verify` on it, or write to another file."
+            ) from None
+        try:
+            f.attrs["metadata"] = text
             f.close()
+        except BaseException:
+            _detach(f)  # a failed write: keep the file as it was (see _detach)
+            _close_quietly(f)
             raise
+        self.metadata = merged
 
     def _check_room(self) -> None:
         """Refuse to start on a (nearly) full disk, before anything is written.
@@ -234,64 +291,33 @@ class CacheWriter:
             if m and int(m.group(1)) != os.getpid():
                 p.unlink(missing_ok=True)
 
-    def _open_plain(self) -> h5py.File:
-        """Open read-write without SWMR, first recovering the file of a writer that died."""
-        try:
-            return h5py.File(self.path, "r+", libver="latest", locking=False)
-        except OSError as e:
-            flags = _flags.write_flags(self.path)
-            if "already open for write" not in str(e) and not flags:
-                raise CacheError(
-                    f"{self.path} cannot be opened for writing ({_h5._reason(e)}). If it is "
-                    "corrupt, run `colhead cache verify` on it, or write to another file."
-                ) from None
-        # We hold the writer lock, so the 'in use' mark was left by a writer that died (killed,
-        # or its disk filled up: then the file may also end short of its last allocation).
-        # A mark without SWMR (it died while opening) only needs clearing; a SWMR writer's file
-        # is rewritten with exactly its committed content, as SWMR leaves its mark for good.
-        if flags is not None and not flags & _flags.SWMR_WRITE_ACCESS:
+    def _recover_if_dead(self) -> None:
+        """Repair the file of a writer that died, from its committed content.
+
+        We hold the writer lock, so an 'open for writing' mark was left by a writer that died
+        (killed, or its disk filled up: then the file may also end short of its last
+        allocation). A mark without SWMR (it died while stamping) only needs clearing; a SWMR
+        writer's file is rewritten with exactly its committed content, as SWMR leaves its mark
+        for good.
+        """
+        flags = _flags.write_flags(self.path)
+        if not flags:
+            return
+        if not flags & _flags.SWMR_WRITE_ACCESS:
             _flags.clear_write_flags(self.path)
-        elif flags:
-            _flags.extend_eoa(self.path)
+            return
+        _flags.extend_eoa(self.path)
         with _h5.open_read(self.path) as src:
-            _h5.copy_committed(src, self.path, self.path)
-        return h5py.File(self.path, "r+", libver="latest", locking=False)
-
-    def _check_and_stamp(self, f, identity, metadata, dim, store_dtype) -> None:
-        _h5.check_header(f, self.path)
-        stored, old_meta = _h5.read_attrs(f)
-        diff = identity_diff(stored, identity)
-        if diff:
-            raise CacheMismatchError(
-                f"The cache {self.path} was made with another column configuration or dataset, "
-                "and colhead never mixes two in one file:\n  "
-                + "\n  ".join(diff)
-                + "\nUse another --out file, or --cache-dir to get one file per configuration."
-            )
-        if f["features"].shape[1] != dim or f["features"].dtype != np.dtype(store_dtype):
-            raise CacheMismatchError(
-                f"The cache {self.path} stores {f['features'].dtype} vectors of dim "
-                f"{f['features'].shape[1]}, not {store_dtype} of dim {dim}."
-            )
-        runs = list(old_meta.get("runs", []))[-(MAX_RUNS_KEPT - 1) :]
-        runs.append({"started_at": _now(), **metadata.get("run", {})})
-        merged = {**old_meta, **_without(metadata, "run"), "runs": runs}
-        f.attrs["metadata"] = dump_attr(merged)
-        self.metadata = merged
-
-    def _load_existing(self) -> Existing:
-        f, c = self._f, self._commit
-        n, m = int(c[C_ROWS]), int(c[C_SKIPPED])
-        return Existing(
-            rows=_index(f["ids"], f["hashes"], f["stats"], f["live"], n),
-            skipped=_index(
-                f["skipped"]["ids"],
-                f["skipped"]["hashes"],
-                f["skipped"]["stats"],
-                f["skipped"]["live"],
-                m,
-            ),
-        )
+            try:
+                _h5.copy_committed(src, self.path, self.path)
+            except _h5.READ_ERRORS as e:
+                if isinstance(e, CacheError) or not _reading_failed(e):
+                    raise  # writing the copy failed: a full disk, said as such by __init__
+                raise CacheError(
+                    f"{self.path} was left by a writer that died, and its committed rows "
+                    f"cannot be read back ({_h5._reason(e)}): it is damaged beyond what "
+                    "colhead repairs. Keep it aside (or delete it) and extract again."
+                ) from None
 
     # -- writing -----------------------------------------------------------------------------
     @_writes("new class names")
