@@ -99,7 +99,7 @@ def load_attr(value, what: str) -> dict:
         raise CacheError(f"The cache attribute '{what}' is larger than {MAX_ATTR_BYTES} bytes.")
     try:
         obj = json.loads(value)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
         raise CacheError(f"The cache attribute '{what}' is not valid JSON: {e}.") from None
     if not isinstance(obj, dict):
         raise CacheError(f"The cache attribute '{what}' is not a JSON object.")
