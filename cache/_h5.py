@@ -146,6 +146,15 @@ def check_header(f: h5py.File, path) -> None:
     for name in ROW_FIELDS + ("classes", "commit"):
         if name not in f:
             raise CacheError(f"{path} is missing the dataset /{name}: it is corrupt.")
+    # Plain numbers and strings only: an opaque, compound or reference type in a colhead
+    # cache is damage or a planted payload, and no reader should go near it.
+    for name in ROW_FIELDS + ("classes", "commit") + tuple(f"skipped/{n}" for n in SKIP_FIELDS):
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise CacheError(f"{path} has no dataset /{name}: it is corrupt.")
+        dt = ds.dtype
+        if h5py.check_string_dtype(dt) is None and (dt.kind not in "biuf" or dt.fields):
+            raise CacheError(f"{path}: /{name} holds {dt}, not numbers or text; it is corrupt.")
 
 
 def read_commit(f: h5py.File, path) -> np.ndarray:
