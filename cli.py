@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         CacheMismatchError,
         ColumnUnavailableError,
         BadImage,
+        ConnectionError,  # --engine ray --ray-address to a cluster that is not there
     )
     try:
         return _dispatch(args)
