@@ -146,15 +146,6 @@ def check_header(f: h5py.File, path) -> None:
     for name in ROW_FIELDS + ("classes", "commit"):
         if name not in f:
             raise CacheError(f"{path} is missing the dataset /{name}: it is corrupt.")
-    # Plain numbers and strings only: an opaque, compound or reference type in a colhead
-    # cache is damage or a planted payload, and no reader should go near it.
-    for name in ROW_FIELDS + ("classes", "commit") + tuple(f"skipped/{n}" for n in SKIP_FIELDS):
-        ds = f.get(name)
-        if not isinstance(ds, h5py.Dataset):
-            raise CacheError(f"{path} has no dataset /{name}: it is corrupt.")
-        dt = ds.dtype
-        if h5py.check_string_dtype(dt) is None and (dt.kind not in "biuf" or dt.fields):
-            raise CacheError(f"{path}: /{name} holds {dt}, not numbers or text; it is corrupt.")
 
 
 def read_commit(f: h5py.File, path) -> np.ndarray:
@@ -179,18 +170,24 @@ def _read_commit(f: h5py.File, path) -> np.ndarray:
     ):
         raise CacheError(f"{path}: /commit holds {commit.tolist()}, which is not valid.")
     n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
-    for name in ROW_FIELDS:
-        if f[name].shape[0] < n:
+    # Only now look at the datasets, in this order: a writer extends them before it commits,
+    # so read after the commit they are at least as long as it says; a dataset opened before
+    # the commit was read (even for a type check) could show a SWMR reader its older length.
+    need = {name: n for name in ROW_FIELDS}
+    need.update({f"skipped/{name}": m for name in SKIP_FIELDS}, classes=nc)
+    for name, count in need.items():
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise CacheError(f"{path} has no dataset /{name}: it is corrupt.")
+        # Plain numbers and strings only: an opaque, compound or reference type in a colhead
+        # cache is damage or a planted payload, and no reader should go near it.
+        dt = ds.dtype
+        if h5py.check_string_dtype(dt) is None and (dt.kind not in "biuf" or dt.fields):
+            raise CacheError(f"{path}: /{name} holds {dt}, not numbers or text; it is corrupt.")
+        if ds.shape[0] < count:
             raise CacheError(
-                f"{path}: /commit says {n} rows but /{name} holds {f[name].shape[0]}; corrupt."
+                f"{path}: /commit says {count} entries but /{name} holds {ds.shape[0]}; corrupt."
             )
-    for name in SKIP_FIELDS:
-        if f["skipped"][name].shape[0] < m:
-            raise CacheError(
-                f"{path}: /commit says {m} skipped items but /skipped/{name} is short."
-            )
-    if f["classes"].shape[0] < nc:
-        raise CacheError(f"{path}: /commit says {nc} classes but /classes is short.")
     return commit
 
 
