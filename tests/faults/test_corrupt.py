@@ -1,0 +1,186 @@
+"""Caches truncated or overwritten with garbage at random offsets (seeded).
+
+Every command that opens such a file either fails with one clear ``error: ...`` line (exit 1,
+no traceback, no hang), or, where the damage hit bytes the cache does not use, still works
+and verifies. ``colhead cache verify`` never passes a file whose content changed, unless the
+damage fell inside raw values that HDF5 stores without a checksum (see ``silent`` below): that
+figure is counted and printed, not hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import broken_files, photo, write_image
+
+from ._procs import FIGURES, extract_argv
+from .conftest import FULL_CORRUPT
+
+# open_cache in a fresh process: prints what it read, or the CacheError; anything else is a
+# traceback and fails the test.
+_OPEN = """
+import hashlib, json, sys
+from colhead.cache import CacheError, open_cache
+try:
+    c = open_cache({path!r})
+except CacheError as e:
+    print(json.dumps({{"error": str(e)}}))
+else:
+    h = hashlib.sha256(c.features.tobytes())
+    h.update(json.dumps([list(c.ids), c.labels.tolist(), c.classes, c.skipped]).encode())
+    print(json.dumps({{"rows": len(c), "digest": h.hexdigest()}}))
+"""
+
+
+@pytest.fixture(scope="session")
+def base_cache(zygote, tmp_path_factory):
+    """A small complete cache with rows, classes and skipped items, and its folder."""
+    d = tmp_path_factory.mktemp("corrupt-base")
+    root = d / "imgs"
+    for c, name in enumerate(["ant", "bee", "cow"]):
+        for i in range(6):
+            write_image(root / name / f"{i}.png", photo(100 * c + i, size=(24, 20), cls=c))
+    broken_files(root / "bee")
+    out = d / "base.h5"
+    r = zygote.run(extract_argv(out, f"folder:{root}", batch_size=4))
+    assert r.rc == 0, r.describe()
+    ref = zygote.run(code=_OPEN.format(path=str(out)))
+    return out, root, json.loads(ref.out)
+
+
+def damage(src: Path, dst: Path, rng: np.random.Generator) -> str:
+    """Copy ``src`` to ``dst`` with one seeded injury; return what was done."""
+    data = bytearray(src.read_bytes())
+    size = len(data)
+    kind = rng.choice(["truncate", "garbage", "garbage", "zeros", "header"])
+    if kind == "truncate":
+        at = int(rng.integers(0, size))
+        dst.write_bytes(bytes(data[:at]))
+        return f"truncated to {at} of {size} bytes"
+    if kind == "header":  # the superblock and the root group's object header
+        at, n = int(rng.integers(0, 512)), int(rng.integers(1, 16))
+    else:
+        at = int(rng.integers(0, size - 1))
+        n = int(rng.choice([1, 8, 64, 512, 4096]))
+    n = min(n, size - at)
+    fill = bytes(n) if kind == "zeros" else rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    data[at : at + n] = fill
+    dst.write_bytes(bytes(data))
+    return f"{n} {'zero' if kind == 'zeros' else 'random'} bytes at offset {at} of {size}"
+
+
+def check_variant(zygote, base_cache, work: Path, rng) -> tuple[str, str, int]:
+    """Damage a copy of the base cache, run every command on it; return what, outcome, rc."""
+    base, root, ref = base_cache
+    bad = work / "c.h5"
+    what = damage(base, bad, rng)
+    snapshot = bad.read_bytes()
+    info = zygote.run(["cache", "info", str(bad)], timeout=60)
+    verify = zygote.run(["cache", "verify", str(bad)], timeout=60)
+    opened = zygote.run(code=_OPEN.format(path=str(bad)), timeout=60)
+    ls = zygote.run(["cache", "ls", str(work)], timeout=60)
+    heads = zygote.run(
+        ["heads", "--train", str(bad), "--test", str(base), "--head", "knn"], timeout=60
+    )
+    for r in (info, verify, opened, ls, heads):
+        r.assert_no_crash()
+    assert bad.read_bytes() == snapshot, "a reader changed the file"
+    got = json.loads(opened.out)
+    if "error" in got:
+        assert verify.rc == 1 and "problem" in verify.out, verify.describe()
+        assert info.rc == 1, info.describe()
+        assert heads.rc == 1, heads.describe()
+        outcome = "failed cleanly"
+    elif got == ref:
+        outcome = "intact"
+    else:  # the file opens but reads other values: verify must say so, or it is silent
+        outcome = "silent" if verify.rc == 0 else "failed cleanly"
+    # Resuming into it: fails clearly, or works and leaves a cache that verifies.
+    resume = zygote.run(extract_argv(bad, f"folder:{root}", batch_size=4), timeout=120)
+    resume.assert_no_crash()
+    if resume.rc == 0:
+        after = zygote.run(["cache", "verify", str(bad)], timeout=60)
+        assert after.rc == 0, "resumed into, then\n" + after.describe()
+    return what, outcome, resume.rc
+
+
+def try_variants(zygote, base_cache, tmp_path, count: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    tally = {"failed cleanly": 0, "intact": 0, "silent": 0}
+    failures = []
+    for k in range(count):
+        work = tmp_path / f"v{k}"
+        work.mkdir()
+        try:
+            what, outcome, rc = check_variant(zygote, base_cache, work, rng)
+        except AssertionError as e:
+            failures.append(f"variant {k} ({work}): {e}")
+            continue
+        tally[outcome] += 1
+        print(f"variant {k}: {what}: {outcome}; resume rc {rc}")
+    assert not failures, "\n\n".join(failures)
+    return tally
+
+
+def _report(tally: dict) -> None:
+    FIGURES["corrupt cache files tried"] += sum(tally.values())
+    FIGURES["  refused with a clear error"] += tally["failed cleanly"]
+    FIGURES["  damage in unused bytes: still intact"] += tally["intact"]
+    FIGURES["  raw values changed, undetected (no checksum)"] += tally["silent"]
+
+
+def test_corrupt_caches_fail_clearly_or_still_verify(zygote, base_cache, corrupt_count, tmp_path):
+    tally = try_variants(zygote, base_cache, tmp_path, corrupt_count, seed=11)
+    _report(tally)
+
+
+@pytest.mark.slow
+def test_corrupt_caches_at_the_full_count(zygote, base_cache, corrupt_count, tmp_path):
+    tally = try_variants(zygote, base_cache, tmp_path, max(FULL_CORRUPT, corrupt_count), seed=99)
+    _report(tally)
+
+
+def test_a_missing_or_empty_cache_file(zygote, tmp_path):
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
+    folder = tmp_path / "dir.h5"
+    folder.mkdir()
+    for f in (tmp_path / "missing.h5", empty, folder):
+        for argv in (["cache", "info", str(f)], ["cache", "verify", str(f)]):
+            r = zygote.run(argv, timeout=60)
+            r.assert_no_crash()
+            assert r.rc == 1
+    shutil.rmtree(folder)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="HDF5 stores the feature chunks without a checksum (colhead adds none yet), so "
+    "changed bytes inside committed vectors read back as other finite numbers",
+)
+def test_damage_inside_committed_vectors_is_detected(base_cache, tmp_path):
+    """Documents the one damage verify cannot see; strict: it fails loudly once it can."""
+    import h5py
+
+    from colhead.cache import verify_cache
+
+    base, _, _ = base_cache
+    bad = tmp_path / "c.h5"
+    shutil.copy(base, bad)
+    with h5py.File(bad, "r", locking=False) as f:
+        at = f["features"].id.get_chunk_info(0).byte_offset
+    data = bytearray(bad.read_bytes())
+    data[at + 64 : at + 72] = b"\x00\x00\x80\x3f" * 2  # two floats of row 0 become 1.0
+    bad.write_bytes(bytes(data))
+    from colhead.cache import open_cache
+
+    if open_cache(bad).features[0, 16] != 1.0:  # not an AssertionError: a real failure
+        raise RuntimeError("the damage did not land in row 0's vector")
+    FIGURES["damage inside committed vectors (undetected: no checksum)"] += 1
+    assert verify_cache(bad) != []
