@@ -7,7 +7,6 @@ import glob
 import os
 import re
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,27 +105,6 @@ def _close_quietly(f) -> None:
         pass
 
 
-_QUIET: set[str] = set()  # "filename = 'PATH'" of the files the writers opened
-
-
-def _quiet_failed_writes(path: Path) -> None:
-    """Drop the 'Exception ignored' tracebacks h5py prints when a dataset of ``path`` fails
-    to flush as it is freed: the failure surfaces again, as a CacheError, at the next flush."""
-    _QUIET.add(f"filename = '{path}'")
-    if getattr(sys.unraisablehook, "colhead_quiet", False):
-        return
-    hook = sys.unraisablehook
-
-    def quiet(u) -> None:
-        text = str(u.exc_value)
-        if "h5py" in str(u.object) and any(m in text for m in _QUIET):
-            return
-        hook(u)
-
-    quiet.colhead_quiet = True
-    sys.unraisablehook = quiet
-
-
 class CacheWriter:
     """Open (or create) a cache for appending; the only way colhead writes features.
 
@@ -157,7 +135,6 @@ class CacheWriter:
         self.path = Path(path)
         self._failed = False
         self._lock = WriterLock(self.path).acquire()
-        _quiet_failed_writes(self.path)
         try:
             self._open(identity, metadata, dim, store_dtype)
         except BaseException as e:
