@@ -51,3 +51,14 @@ def test_thread_counts_and_the_tuner_give_the_same_vectors(precision):
     for t in tuned:
         np.testing.assert_array_equal(t, plain)
     assert plain.shape == (21, emb.dim)
+
+
+def test_thread_tuner_rechecks_a_losing_option_ever_more_rarely():
+    tuner = ThreadTuner((1, 2), every=4, probes=1, max_every=64)
+    picks = []
+    for _ in range(300):
+        with tuner.threads():
+            picks.append(tuner.current)
+        tuner.record({1: 0.01, 2: 0.2}[tuner.current] * 8, 8)  # 2 threads collapsed: 20x slower
+    rechecks = picks[4:].count(2)
+    assert 3 <= rechecks <= 8  # after 4, 8, 16, 32, then every 64 slices
