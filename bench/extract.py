@@ -48,7 +48,11 @@ def side_by_side(name: str, ds, tmp: Path, repeats: int, warmup: bool = False) -
         f"  (b) colhead, {res.precision:<12} {b:8.1f} img/s   runs {_fmt(runs['colhead']['times'])}"
         f"   (last run: read {res.read_s:.1f} s, column {res.column_s:.1f} s, write "
         f"{res.write_s:.2f} s)\n"
-        f"  ratio (b)/(a)             {b / a:8.2f}x\n"
+        f"  ratio (b)/(a)             {b / a:8.2f}x   (per round: "
+        + " ".join(
+            f"{u / c:.2f}x" for u, c in zip(runs["usual"]["times"], runs["colhead"]["times"])
+        )
+        + ")\n"
         f"  cosine (b) vs (a) fp32    mean {cos.mean():.5f}  min {cos.min():.5f}"
     )
     return {"usual": usual, "fast": fast, "ratio": b / a, "cos": cos}
