@@ -279,20 +279,9 @@ def _serve(args) -> int:
 
 
 def _columns(args) -> int:
-    from .extract import get_column, list_columns
+    from .extract import describe_columns
 
-    rows = []
-    for name in list_columns():
-        s = get_column(name)
-        rows.append(
-            {
-                "name": name,
-                "dim": s.dim,
-                "offline": s.available(),
-                "source": s.source,
-                "licence": s.licence,
-            }
-        )
+    rows = describe_columns()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

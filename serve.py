@@ -508,20 +508,9 @@ def create_app(
     @app.get("/v1/columns", tags=["columns"], dependencies=auth)
     def columns() -> dict:
         """The column registry (name, dim, offline availability) and the one served here."""
-        from .extract import list_columns
+        from .extract import describe_columns
 
-        rows = []
-        for name in list_columns():
-            s = get_column(name)
-            rows.append(
-                {
-                    "name": name,
-                    "dim": s.dim,
-                    "offline": bool(s.available()),
-                    "served": name == embedder.spec.name,
-                    "description": s.description,
-                }
-            )
+        rows = [{**r, "served": r["name"] == embedder.spec.name} for r in describe_columns()]
         return {"served": served, "columns": rows}
 
     @app.get("/v1/heads", tags=["heads"], dependencies=auth)

@@ -99,6 +99,24 @@ def get_column(name: str) -> ColumnSpec:
     )
 
 
+def describe_columns() -> list[dict]:
+    """One row per registered column: name, dim, offline availability, source, licence."""
+    rows = []
+    for name in list_columns():
+        s = _REGISTRY[name]
+        rows.append(
+            {
+                "name": name,
+                "dim": s.dim,
+                "offline": bool(s.available()),
+                "source": s.source,
+                "licence": s.licence,
+                "description": s.description,
+            }
+        )
+    return rows
+
+
 def offline_columns() -> list[str]:
     return [n for n in list_columns() if _REGISTRY[n].available()]
 
