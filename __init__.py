@@ -8,7 +8,7 @@ Nothing heavy is imported here: ``import colhead`` must stay cheap, so torch and
 only when a function that needs them is called.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "extract", "get_column", "list_columns", "open_cache"]
 

@@ -180,7 +180,7 @@ def machine() -> str:
 
     import torch
 
-    from colhead.extract._device import cpu_has_bf16
+    from colhead._device import cpu_has_bf16
 
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "

@@ -7,6 +7,7 @@ calls :func:`extract`, so the library mirrors ``colhead extract`` on the command
 import sys
 import types
 
+from .._device import resolve_device, resolve_precision
 from ._columns import (
     DEFAULT_COLUMN,
     ColumnSpec,
@@ -19,7 +20,6 @@ from ._columns import (
     register_column,
 )
 from ._datasets import Dataset, parse_dataset
-from ._device import resolve_device, resolve_precision
 from ._embedder import Embedder
 from ._extractor import ExtractResult, default_cache_dir, extract
 from ._images import BadImage, decode, from_array

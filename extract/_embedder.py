@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._device import autocast, resolve_device, resolve_precision
 from ._columns import get_column
-from ._device import autocast, resolve_device, resolve_precision
 from ._images import BadImage, decode, from_array
 
 # On the CPU the column runs best over small slices of a batch: EfficientNet-Lite0's activations

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._device import resolve_device, resolve_precision
 from ._columns import ColumnSpec, get_column
 from ._datasets import Dataset, parse_dataset
-from ._device import resolve_device, resolve_precision
 from ._embedder import Embedder, ThreadTuner
 from ._images import BadImage, decode, from_array
 
@@ -104,7 +104,7 @@ def versions() -> dict:
     import torch
     import torchvision
 
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "colhead": __version__,

@@ -41,7 +41,7 @@ import numpy as np
 if importlib.util.find_spec("ray") is None:  # cheap: Ray itself is imported when a run starts
     raise ImportError("the Ray engine needs Ray: pip install 'colhead[ray]'")
 
-from ._device import PRECISIONS
+from .._device import PRECISIONS
 from ._extractor import (
     ExtractResult,
     _Items,

@@ -38,7 +38,7 @@ def test_cpu_workers_leave_the_column_the_other_cores():
 def test_thread_counts_and_the_tuner_give_the_same_vectors(precision):
     import torch
 
-    from colhead.extract._device import cpu_has_bf16
+    from colhead._device import cpu_has_bf16
 
     if precision == "bf16" and not cpu_has_bf16():
         pytest.skip("no native bf16 on this CPU")

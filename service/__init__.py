@@ -1,0 +1,1 @@
+"""The long-lived layer: predictor, HTTP app, batching and limits."""
