@@ -4,6 +4,7 @@ Only this package touches h5py.
 """
 
 from ._format import CacheError, CacheMismatchError, column_key, config_key
+from ._h5 import storage_versions
 from ._inspect import cache_info, verify_cache
 from ._lock import CacheLockedError
 from ._manage import gc_caches, list_caches, merge_caches
@@ -23,5 +24,6 @@ __all__ = [
     "list_caches",
     "merge_caches",
     "open_cache",
+    "storage_versions",
     "verify_cache",
 ]

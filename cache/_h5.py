@@ -272,3 +272,8 @@ def _put(dst, src, n: int, block: int = 65536) -> None:
     for i in range(0, n, block):
         j = min(n, i + block)
         dst[i:j] = src[i:j]
+
+
+def storage_versions() -> dict:
+    """The versions of the HDF5 stack, for provenance (callers outside cache/ never see h5py)."""
+    return {"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
