@@ -106,7 +106,7 @@ def test_flowers102_in_torchvision_layout(tmp_path):
 
 
 def test_fashion_mnist_reads_debian_idx_files(tmp_path, monkeypatch):
-    from colhead.extract import _datasets
+    from colhead.extract import _sources_builtin
 
     imgs = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
     head = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in imgs.shape)
@@ -114,7 +114,7 @@ def test_fashion_mnist_reads_debian_idx_files(tmp_path, monkeypatch):
         f.write(head + imgs.tobytes())
     with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([9, 0, 3]))
-    monkeypatch.setattr(_datasets, "DEBIAN_FASHION", tmp_path)
+    monkeypatch.setattr(_sources_builtin, "DEBIAN_FASHION", tmp_path)
     ds = parse_dataset("fashion-mnist", split="test")
     assert ds.labels == ["Ankle boot", "T-shirt/top", "Dress"]
     assert (ds.arrays == imgs).all()
