@@ -61,7 +61,7 @@ def _extract(args) -> int:
     )
     if args.engine == "ray":
         try:
-            from ..extract._ray import extract_ray
+            from ..extract import extract_ray
         except ImportError as e:
             raise ValueError(f"--engine ray is not available here ({e}).") from None
         result = extract_ray(args.column, args.data, ray_address=args.ray_address, **kwargs)

@@ -2,13 +2,23 @@
 
 ``colhead.extract`` is both this package and a function: ``colhead.extract(column, data, ...)``
 calls :func:`extract`, so the library mirrors ``colhead extract`` on the command line.
+
+Rooms: ``_registry`` (the column table) <- ``_columns``/``_external`` (builders that register
+themselves); ``_images`` and ``_datasets`` (decoding, sources); ``_embedder`` (a column in memory,
+with ``_tuner``); ``_run`` (the run protocol both engines share) <- ``_extractor`` (local engine)
+and ``_ray`` (Ray engine, optional: ``extract_ray`` is imported on first use).
 """
 
 import sys
 import types
 
 from .._device import resolve_device, resolve_precision
-from ._columns import (
+from . import _columns, _external  # noqa: F401  (they register their columns)
+from ._datasets import Dataset, parse_dataset
+from ._embedder import Embedder
+from ._extractor import extract
+from ._images import BadImage, decode, from_array
+from ._registry import (
     DEFAULT_COLUMN,
     ColumnSpec,
     ColumnUnavailableError,
@@ -19,10 +29,7 @@ from ._columns import (
     offline_columns,
     register_column,
 )
-from ._datasets import Dataset, parse_dataset
-from ._embedder import Embedder
-from ._extractor import ExtractResult, default_cache_dir, extract
-from ._images import BadImage, decode, from_array
+from ._run import ExtractResult, default_cache_dir
 
 __all__ = [
     "DEFAULT_COLUMN",
@@ -37,6 +44,7 @@ __all__ = [
     "describe_columns",
     "default_cache_dir",
     "extract",
+    "extract_ray",
     "from_array",
     "get_column",
     "list_columns",
@@ -46,6 +54,16 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
 ]
+
+
+def __getattr__(name: str):
+    # Ray is optional and heavy: `extract_ray` is imported when first asked for, and raises
+    # ImportError (with the pip command) where Ray is not installed.
+    if name == "extract_ray":
+        from ._ray import extract_ray
+
+        return extract_ray
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _CallableModule(types.ModuleType):

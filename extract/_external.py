@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._columns import (
+from ._columns import load_state_file, sha256_file, sha256_state
+from ._registry import (
     ColumnSpec,
     ColumnUnavailableError,
     Preprocess,
-    load_state_file,
     offline_columns,
-    sha256_file,
+    register_prefix,
 )
 
 
@@ -182,6 +182,8 @@ def _hf_cached_file(model):
 
 
 def _state_hash(model) -> str:
-    from ._columns import sha256_state
-
     return sha256_state(model.state_dict())
+
+
+register_prefix("tv/", torchvision_spec, "any torchvision model as 'tv/NAME'")
+register_prefix("timm/", timm_spec, "any timm model as 'timm/NAME'")

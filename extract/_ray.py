@@ -42,9 +42,9 @@ if importlib.util.find_spec("ray") is None:  # cheap: Ray itself is imported whe
     raise ImportError("the Ray engine needs Ray: pip install 'colhead[ray]'")
 
 from .._device import PRECISIONS
-from ._extractor import (
+from ._run import (
     ExtractResult,
-    _Items,
+    Items,
     begin,
     cache_path,
     check_args,
@@ -158,7 +158,7 @@ def extract_ray(
             pipe = _pipeline(
                 ray,
                 p.batches,
-                _Items(ds, spec.preprocess, draft),
+                Items(ds, spec.preprocess, draft),
                 column=spec.name,
                 device=dev,
                 precision=prec,
@@ -256,7 +256,7 @@ def _pipeline(
     )
 
 
-def _decode(batch: dict, items: _Items) -> dict:
+def _decode(batch: dict, items: Items) -> dict:
     """CPU task: positions -> preprocessed uint8 images, content hashes, stats, reasons."""
     t = time.perf_counter()
     pos = batch["pos"]

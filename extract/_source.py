@@ -133,3 +133,40 @@ def safe_id(rel: str) -> str:
     spell undecodable bytes as \\xNN while the real path is kept for reading.
     """
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+# Names that mark split folders, as Hugging Face's imagefolder and most data sets ship them.
+SPLIT_ALIASES = (("train", "training"), ("val", "valid", "validation"), ("test", "testing"))
+
+
+def is_split_name(name: str) -> bool:
+    return any(name.lower() in group for group in SPLIT_ALIASES)
+
+
+def pick_split(where: str, split: str | None, names: list[str]) -> str:
+    """The split of ``names`` that ``split`` asks for (``val`` finds ``validation``), or "all".
+
+    A source with splits needs ``--split``: mixing train and test rows in one cache silently is
+    the mistake this prevents.
+    """
+    listed = ", ".join(names)
+    if split is None:
+        raise ValueError(
+            f"{where} has splits {listed}; choose one with --split (e.g. --split {names[0]}), "
+            "or --split all for every split."
+        )
+    if split == "all" or split in names:
+        return split
+    group = next((g for g in SPLIT_ALIASES if split.lower() in g), (split.lower(),))
+    found = [n for n in names if n.lower() in group]
+    if len(found) == 1:
+        return found[0]
+    raise ValueError(f"{where} has no split {split!r}; its splits are {listed} (or all).")
+
+
+def refuse_split(where: str, split: str | None, how: str) -> None:
+    """``--split`` on a source without splits is an error, never ignored."""
+    if split is not None:
+        raise ValueError(
+            f"{where} has no splits ({how}), so --split {split!r} cannot apply; drop --split."
+        )

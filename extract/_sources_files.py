@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from ._source import Dataset, safe_id
+from ._source import Dataset, is_split_name, pick_split, refuse_split, safe_id
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -25,31 +25,88 @@ def _images_under(root: Path) -> list[Path]:
     return sorted(out, key=lambda p: os.fsencode(p))
 
 
+def _loose_images(d: Path) -> list[str]:
+    return sorted(
+        p.name
+        for p in d.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+    )
+
+
+def _subdirs(d: Path, root: Path, ignored: list[str]) -> list[Path]:
+    """Sub-folders of ``d``, except hidden ones and links that lead out of ``root``.
+
+    A symlinked class folder pointing elsewhere (``cat -> /home/me``) would pull a whole other
+    tree into the data set (issue 13); links inside the tree are followed.
+    """
+    out = []
+    for x in sorted(d.iterdir(), key=lambda x: os.fsencode(x.name)):
+        if x.name.startswith(".") or not x.is_dir():
+            continue
+        if x.is_symlink() and not x.resolve().is_relative_to(root):
+            ignored.append(safe_id(os.path.relpath(x, root)))
+            continue
+        out.append(x)
+    return out
+
+
+def _classes(d: Path, root: Path, ignored: list[str]):
+    """(paths, labels or None, classes) of a folder of class folders, or of a flat folder."""
+    labelled = [c for c in _subdirs(d, root, ignored) if _images_under(c)]
+    if not labelled:
+        return _images_under(d), None, []
+    loose = _loose_images(d)
+    if loose:  # issue 11: they used to be dropped without a word
+        raise ValueError(
+            f"{d} has {len(loose)} image(s) at its top level beside class folders "
+            f"(e.g. {safe_id(loose[0])!r}), which would have no class. Move them into a class "
+            "folder (or delete them), or list the files you want with csv:FILE."
+        )
+    paths, labels = [], []
+    for c in labelled:
+        found = _images_under(c)
+        paths += found
+        labels += [safe_id(c.name)] * len(found)
+    return paths, labels, [safe_id(c.name) for c in labelled]
+
+
 def folder(arg: str, split: str | None) -> Dataset:
+    """``folder:PATH``: class folders (``PATH/cat/x.jpg``), a flat folder, or split folders
+    (``PATH/{train,val,test}/cat/x.jpg``, selected with ``--split``)."""
     if not arg:
         raise ValueError("folder: needs a path, e.g. folder:/data/flowers.")
     root = Path(arg).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"No folder at {root} (from --data folder:{arg}).")
-    subdirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-        key=lambda d: d.name,
-    )
-    labelled = [d for d in subdirs if _images_under(d)]
-    paths, labels = [], []
-    if labelled:
-        for d in labelled:
-            files = _images_under(d)
-            paths += files
-            labels += [safe_id(d.name)] * len(files)
-        classes = [safe_id(d.name) for d in labelled]
+    ignored: list[str] = []
+    subdirs = _subdirs(root, root, ignored)
+    splits = {d.name: d for d in subdirs if is_split_name(d.name)}
+    if not splits:
+        refuse_split(f"folder:{root}", split, "no train/, val/ or test/ sub-folder")
+        paths, labels, classes = _classes(root, root, ignored)
+        spec = f"folder:{root}"
     else:
-        paths = _images_under(root)
-        labels, classes = None, []
+        others = [d.name for d in subdirs if d.name not in splits and _images_under(d)]
+        if others or _loose_images(root):
+            what = f"folders {', '.join(others[:5])}" if others else "images at its top level"
+            raise ValueError(
+                f"{root} has split folders ({', '.join(splits)}) and also {what}; put every "
+                "class folder inside a split folder (or point folder: at one split folder)."
+            )
+        names = list(splits)
+        chosen = pick_split(f"folder:{root}", split, names)
+        parts = [_classes(splits[n], root, ignored) for n in (names if chosen == "all" else [chosen])]
+        if len({lab is None for _, lab, _ in parts}) > 1:
+            raise ValueError(f"{root}: some splits have class folders and some do not.")
+        paths = [x for p, _, _ in parts for x in p]
+        labels = None if parts[0][1] is None else [x for _, lab, _ in parts for x in lab]
+        classes = sorted({c for _, _, cls in parts for c in cls})
+        spec = f"folder:{root}?split={chosen}"
     if not paths:
         raise ValueError(f"No image files ({', '.join(sorted(IMAGE_EXTS))}) under {root}.")
     ids = [safe_id(os.path.relpath(p, root)) for p in paths]
-    return Dataset(f"folder:{root}", ids, labels, classes, paths=paths)
+    info = {"ignored_links": ignored[:10]} if ignored else {}
+    return Dataset(spec, ids, labels, classes, paths=paths, info=info)
 
 
 def csv_list(arg: str, split: str | None, *, allow_absolute: bool = False) -> Dataset:
