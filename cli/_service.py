@@ -20,7 +20,7 @@ def add_parsers(sub) -> None:
 
 
 def _predict(args) -> int:
-    from ..predict import Predictor
+    from ..service import Predictor
 
     pred = Predictor(args.head, column=args.column, device=args.device, precision=args.precision)
     results = pred.predict(args.images, top=args.top)
@@ -59,7 +59,7 @@ def _add_serve_parser(sub) -> None:
 
 def _serve(args) -> int:
     try:
-        from ..serve import run
+        from ..service import run
     except ImportError as e:  # fastapi/uvicorn are the optional extra colhead[serve]
         raise RuntimeError(str(e)) from None
     # run() refuses a non-loopback host without a token before the column loads.

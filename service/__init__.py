@@ -1,1 +1,35 @@
-"""The long-lived layer: predictor, HTTP app, batching and limits."""
+"""The long-lived layer: predictor, HTTP app, batching and limits.
+
+``Predictor`` (a saved head with its column) serves ``colhead predict``; ``create_app`` and
+``run`` serve ``colhead serve``. FastAPI and uvicorn are the optional extra ``colhead[serve]``:
+they are imported only when ``create_app`` or ``run`` is first used, so ``import
+colhead.service`` works on the core install.
+"""
+
+from ._batcher import Batcher, BatcherStopped, ForwardError, QueueFull
+from ._limits import check_bind
+from ._predictor import HeadColumnMismatch, Predictor, head_meta, read_image_file
+from ._run import run
+
+__all__ = [
+    "Batcher",
+    "BatcherStopped",
+    "ForwardError",
+    "HeadColumnMismatch",
+    "Predictor",
+    "QueueFull",
+    "check_bind",
+    "create_app",
+    "head_meta",
+    "read_image_file",
+    "run",
+]
+
+
+def __getattr__(name: str):
+    # PEP 562: create_app lives in the module that imports FastAPI; load it on first use only.
+    if name == "create_app":
+        from ._app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from PIL import Image
 
 import colhead
 from colhead.cli import main
-from colhead.predict import HeadColumnMismatch, Predictor
+from colhead.service import HeadColumnMismatch, Predictor
 from conftest import photo, write_image
 
 FAST = dict(column="tiny", precision="fp32", workers=0, progress=False)

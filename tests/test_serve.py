@@ -16,7 +16,8 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 import colhead  # noqa: E402
-from colhead import predict, serve  # noqa: E402
+from colhead import service as predict  # noqa: E402
+from colhead import service as serve  # noqa: E402
 from colhead.cli import main  # noqa: E402
 from colhead.heads import LogRegHead, save_head  # noqa: E402
 from conftest import photo, write_image  # noqa: E402
