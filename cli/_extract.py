@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._options import add_extract_args
+from ._options import add_extract_args, dataset_columns
 
 
 def add_parsers(sub) -> None:
@@ -59,16 +59,23 @@ def _extract(args) -> int:
         allow_absolute=args.allow_absolute,
         retry_skipped=args.retry_skipped,
     )
+    data = args.data
+    if dataset_columns(args):  # --path-col ...: the spec string alone cannot carry them
+        from ..extract import parse_dataset
+
+        data = parse_dataset(
+            data, split=args.split, allow_absolute=args.allow_absolute, **dataset_columns(args)
+        )
     if args.engine == "ray":
         try:
             from ..extract import extract_ray
         except ImportError as e:
             raise ValueError(f"--engine ray is not available here ({e}).") from None
-        result = extract_ray(args.column, args.data, ray_address=args.ray_address, **kwargs)
+        result = extract_ray(args.column, data, ray_address=args.ray_address, **kwargs)
     else:
         from ..extract import extract
 
-        result = extract(args.column, args.data, **kwargs)
+        result = extract(args.column, data, **kwargs)
     print(result.summary())
     if result.skipped_now:
         print(

@@ -24,6 +24,11 @@ def add_extract_args(p: argparse.ArgumentParser, *, data_required: bool = True) 
     p.add_argument("--column", default=DEFAULT_COLUMN, help="column name (colhead columns)")
     p.add_argument("--data", required=data_required, help="dataset spec, e.g. folder:PATH, elpv")
     p.add_argument("--split", default=None, help="dataset split (train/val/test/all)")
+    c = p.add_argument_group("data columns (csv:, parquet:, hf:)")
+    c.add_argument("--path-col", default=None, help="CSV column of image paths (default path)")
+    c.add_argument("--label-col", default=None, help="column of labels (default label)")
+    c.add_argument("--split-col", default=None, help="CSV column of split names (for --split)")
+    c.add_argument("--image-col", default=None, help="parquet/arrow column of image bytes")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--out", default=None, help="cache file to write")
     g.add_argument("--cache-dir", default=None, help="folder of caches (env COLHEAD_CACHE)")
@@ -32,3 +37,9 @@ def add_extract_args(p: argparse.ArgumentParser, *, data_required: bool = True) 
     add_device_args(p)
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--weights", default=None, help="local weights file for the column")
+
+
+def dataset_columns(args: argparse.Namespace) -> dict:
+    """The data column options given on the command line (for ``parse_dataset``)."""
+    names = ("path_col", "label_col", "split_col", "image_col")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qsl, urlencode
 
 from . import _sources_builtin as builtin
 from . import _sources_files as files
-from ._source import Dataset
+from ._source import Dataset, split_query
 
 __all__ = ["DATASETS", "Dataset", "DatasetKind", "parse_dataset"]
 
@@ -37,9 +35,10 @@ class DatasetKind:
     usage: str
     help: str
     options: tuple[str, ...] = ()
+    query: tuple[str, ...] = ()  # keys the spec's ?query may set (options, and "split")
 
 
-COLUMN_OPTIONS = {"path_col": "path", "label_col": "label", "split_col": "split"}
+COLUMN_OPTIONS = ("path_col", "label_col", "split_col", "image_col")
 
 DATASETS: dict[str, DatasetKind] = {
     k.name: k
@@ -48,14 +47,16 @@ DATASETS: dict[str, DatasetKind] = {
             "folder",
             files.folder,
             "folder:PATH",
-            "one sub-folder per class, or a flat folder (no labels)",
+            "class sub-folders, a flat folder, or split folders PATH/{train,val,test}/CLASS",
+            query=("split",),
         ),
         DatasetKind(
             "csv",
             files.csv_list,
             "csv:FILE",
-            "columns path[,label]; relative paths resolve against FILE's folder",
-            ("allow_absolute",),
+            "columns path[,label][,split] (--path-col ...); paths relative to FILE's folder",
+            ("allow_absolute", "path_col", "label_col", "split_col"),
+            ("path_col", "label_col", "split_col", "split"),
         ),
         DatasetKind(
             "digits", builtin.digits, "digits", "scikit-learn's 8x8 digits (train, test, all)"
@@ -82,11 +83,27 @@ DATASETS: dict[str, DatasetKind] = {
 }
 
 
-def parse_dataset(spec: str, *, split: str | None = None, allow_absolute: bool = False) -> Dataset:
+def parse_dataset(
+    spec: str,
+    *,
+    split: str | None = None,
+    allow_absolute: bool = False,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    split_col: str | None = None,
+    image_col: str | None = None,
+) -> Dataset:
     """Build a Dataset from a spec string. Cheap checks only: no model, no decoding.
 
+    Args:
+        spec: ``KIND[:ARG]``, see ``DATASETS`` (``colhead extract --help``).
+        split: the split, for sources that have them; an error for sources that do not.
+        allow_absolute: a CSV may list paths outside its folder.
+        path_col, label_col, split_col: CSV column names (default ``path``, ``label``, none).
+        image_col: the image column of parquet and arrow data (default: the only one).
+
     Raises:
-        ValueError: unknown dataset kind, bad split or malformed list.
+        ValueError: unknown dataset kind, bad split or option, malformed list.
         FileNotFoundError: a folder or file that does not exist.
     """
     name, _, arg = spec.partition(":")
@@ -96,25 +113,27 @@ def parse_dataset(spec: str, *, split: str | None = None, allow_absolute: bool =
         hint = f" Did you mean {close[0]!r}?" if close else ""
         usages = ", ".join(k.usage for k in DATASETS.values())
         raise ValueError(f"Unknown dataset {spec!r}.{hint} Use one of: {usages}.")
-    options = {"allow_absolute": allow_absolute}
+    given = {"path_col": path_col, "label_col": label_col, "split_col": split_col}
+    given["image_col"] = image_col
+    arg, query = split_query(arg, kind.query)
+    if "split" in query:
+        if split is not None and split != query["split"]:
+            raise ValueError(f"{spec!r} names split {query['split']!r} but --split is {split!r}.")
+        split = query.pop("split")
+    for k, v in query.items():
+        if given[k] is not None and given[k] != v:
+            raise ValueError(
+                f"{spec!r} sets {k}={v!r} but --{k.replace('_', '-')} is {given[k]!r}."
+            )
+        given[k] = v
+    for k, v in given.items():
+        if v is not None and k not in kind.options:
+            takers = ", ".join(n for n, d in DATASETS.items() if k in d.options) or "none"
+            raise ValueError(
+                f"--{k.replace('_', '-')} does not apply to {name} data; it applies to: {takers}."
+            )
+    options = {"allow_absolute": allow_absolute, **given}
     return kind.build(arg, split, **{k: v for k, v in options.items() if k in kind.options})
-
-
-def split_query(arg: str, known: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """``PATH?k=v&...`` -> (PATH, {k: v}) when every key is known and PATH is not a real file."""
-    base, sep, query = arg.rpartition("?")
-    if not sep or Path(arg).expanduser().exists():
-        return arg, {}
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not pairs or any(k not in known for k, _ in pairs):
-        return arg, {}
-    return base, dict(pairs)
-
-
-def with_query(spec: str, options: dict[str, str | None]) -> str:
-    """The normalised spec: ``spec`` plus its non-default options as a query."""
-    set_ = {k: v for k, v in options.items() if v is not None}
-    return f"{spec}?{urlencode(set_)}" if set_ else spec
 
 
 def describe_datasets() -> str:

@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
@@ -170,3 +171,20 @@ def refuse_split(where: str, split: str | None, how: str) -> None:
         raise ValueError(
             f"{where} has no splits ({how}), so --split {split!r} cannot apply; drop --split."
         )
+
+
+def split_query(arg: str, known: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``PATH?k=v&...`` -> (PATH, {k: v}) when every key is known and PATH is not a real file."""
+    base, sep, query = arg.rpartition("?")
+    if not sep or Path(arg).expanduser().exists():
+        return arg, {}
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not pairs or any(k not in known for k, _ in pairs):
+        return arg, {}
+    return base, dict(pairs)
+
+
+def with_query(spec: str, options: dict[str, str | None]) -> str:
+    """The normalised spec: ``spec`` plus its non-default options as a query."""
+    set_ = {k: v for k, v in options.items() if v is not None}
+    return f"{spec}?{urlencode(set_)}" if set_ else spec

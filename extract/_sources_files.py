@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from ._source import Dataset, is_split_name, pick_split, refuse_split, safe_id
+from ._source import Dataset, is_split_name, pick_split, refuse_split, safe_id, with_query
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -95,7 +95,9 @@ def folder(arg: str, split: str | None) -> Dataset:
             )
         names = list(splits)
         chosen = pick_split(f"folder:{root}", split, names)
-        parts = [_classes(splits[n], root, ignored) for n in (names if chosen == "all" else [chosen])]
+        parts = [
+            _classes(splits[n], root, ignored) for n in (names if chosen == "all" else [chosen])
+        ]
         if len({lab is None for _, lab, _ in parts}) > 1:
             raise ValueError(f"{root}: some splits have class folders and some do not.")
         paths = [x for p, _, _ in parts for x in p]
@@ -105,26 +107,49 @@ def folder(arg: str, split: str | None) -> Dataset:
     if not paths:
         raise ValueError(f"No image files ({', '.join(sorted(IMAGE_EXTS))}) under {root}.")
     ids = [safe_id(os.path.relpath(p, root)) for p in paths]
-    info = {"ignored_links": ignored[:10]} if ignored else {}
+    info = {"ignored_links": sorted(set(ignored))[:10]} if ignored else {}
     return Dataset(spec, ids, labels, classes, paths=paths, info=info)
 
 
-def csv_list(arg: str, split: str | None, *, allow_absolute: bool = False) -> Dataset:
+def csv_list(
+    arg: str,
+    split: str | None,
+    *,
+    allow_absolute: bool = False,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    split_col: str | None = None,
+) -> Dataset:
+    """``csv:FILE``: a header row, then one image per line (path, optional label and split)."""
     file = Path(arg).expanduser().resolve()
     if not file.is_file():
         raise FileNotFoundError(f"No CSV file at {file} (from --data csv:{arg}).")
     base = file.parent
+    want_path, want_label = path_col or "path", label_col or "label"
     # utf-8-sig: spreadsheets save CSV with a byte-order mark, which would hide 'path'.
     try:
         with open(file, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             cols = [c.strip() for c in (reader.fieldnames or [])]
-            if "path" not in cols:
+            wanted = [(None, want_path), ("label-col", label_col), ("split-col", split_col)]
+            missing = [repr(c) for _, c in wanted if c is not None and c not in cols]
+            if missing:
                 raise ValueError(
-                    f"{file} must have a header row with a 'path' column (and optionally "
-                    f"'label'); found columns: {cols or 'none'}."
+                    f"{file} has no {' or '.join(missing)} column in its header row; found "
+                    f"columns: {cols or 'none'}. A CSV list needs a header row with a 'path' "
+                    "column (and optionally 'label'), or --path-col/--label-col/--split-col."
                 )
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+            rows = []
+            for r in reader:
+                if None in r:  # more fields than the header: DictReader files them under None
+                    raise ValueError(
+                        f"{file}, line {reader.line_num}: {len(cols) + len(r[None])} fields "
+                        f"where the header has {len(cols)}; a value that holds a comma must be "
+                        'in double quotes ("a, b").'
+                    )
+                rows.append(
+                    (reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in r.items()})
+                )
     except UnicodeDecodeError as e:
         raise ValueError(
             f"{file} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
@@ -132,13 +157,22 @@ def csv_list(arg: str, split: str | None, *, allow_absolute: bool = False) -> Da
         ) from None
     except csv.Error as e:
         raise ValueError(f"{file} is not a readable CSV file: {e}.") from None
-    has_label = "label" in cols
+    where = f"csv:{file}"
+    if split_col is None:
+        refuse_split(where, split, "pass --split-col NAME to read splits from a column")
+        chosen = None
+    else:
+        names = sorted({r[split_col] for _, r in rows if r.get(split_col)})
+        chosen = pick_split(where, split, names or ["(none)"])
+        if chosen != "all":
+            rows = [(n, r) for n, r in rows if r.get(split_col) == chosen]
+    has_label = want_label in cols
     paths, ids, labels = [], [], []
-    for lineno, r in enumerate(rows, start=2):
-        raw = r.get("path", "")
+    for lineno, r in rows:
+        raw = r.get(want_path, "")
         if not raw:
             raise ValueError(f"{file}, line {lineno}: empty path.")
-        if "\0" in raw or "\0" in r.get("label", ""):
+        if "\0" in raw or "\0" in r.get(want_label, ""):
             raise ValueError(f"{file}, line {lineno}: contains a NUL byte.")
         p = Path(raw)
         full = (p if p.is_absolute() else base / p).resolve()
@@ -147,16 +181,20 @@ def csv_list(arg: str, split: str | None, *, allow_absolute: bool = False) -> Da
                 f"{file}, line {lineno}: path {raw!r} points outside the CSV's folder {base}. "
                 "Pass allow_absolute=True (--allow-absolute) to allow that on purpose."
             )
-        if has_label and not r.get("label"):
+        if has_label and not r.get(want_label):
             raise ValueError(f"{file}, line {lineno}: missing label for {raw!r}.")
         paths.append(full)
         ids.append(
             safe_id(raw if allow_absolute and p.is_absolute() else os.path.relpath(full, base))
         )
-        labels.append(r["label"] if has_label else None)
+        labels.append(r[want_label] if has_label else None)
     if not paths:
-        raise ValueError(f"{file} lists no images.")
+        raise ValueError(f"{file} lists no images" + (f" in split {chosen!r}." if chosen else "."))
     if len(set(ids)) != len(ids):
         raise ValueError(f"{file} lists the same path more than once.")
     classes = sorted(set(labels)) if has_label else []
-    return Dataset(f"csv:{file}", ids, labels if has_label else None, classes, paths=paths)
+    spec = with_query(
+        where,
+        {"path_col": path_col, "label_col": label_col, "split_col": split_col, "split": chosen},
+    )
+    return Dataset(spec, ids, labels if has_label else None, classes, paths=paths)

@@ -125,3 +125,104 @@ def test_unknown_dataset_and_split():
         parse_dataset("digit")
     with pytest.raises(ValueError, match="no split 'val'"):
         parse_dataset("digits", split="val")
+
+
+# -- issue 11: split folders, CSV columns ------------------------------------------------------
+@pytest.fixture
+def split_folder(tmp_path):
+    """root/{train,validation,test}/{cat,dog}/*.png, the Hugging Face imagefolder layout."""
+    root = tmp_path / "splits"
+    for s, n in (("train", 3), ("validation", 2), ("test", 1)):
+        for c, name in enumerate(["cat", "dog"]):
+            for i in range(n):
+                write_image(root / s / name / f"{name}{i}.png", photo(i, cls=c))
+    return root
+
+
+def test_split_folder_selects_one_split(split_folder):
+    ds = parse_dataset(f"folder:{split_folder}", split="train")
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    assert ds.ids[0] == "train/cat/cat0.png" and ds.labels[0] == "cat"
+    assert ds.spec == f"folder:{split_folder.resolve()}?split=train"
+    val = parse_dataset(f"folder:{split_folder}", split="val")  # val finds validation/
+    assert len(val) == 4 and val.spec.endswith("?split=validation")
+    assert len(parse_dataset(f"folder:{split_folder}", split="all")) == 12
+    # the normalised spec parses back to the same items (a cache's spec is enough)
+    assert parse_dataset(val.spec).ids == val.ids
+
+
+def test_split_folder_errors_name_the_splits(split_folder, tmp_path):
+    with pytest.raises(ValueError, match="has splits test, train, validation; choose one"):
+        parse_dataset(f"folder:{split_folder}")
+    with pytest.raises(ValueError, match="no split 'dev'; its splits are test, train, validation"):
+        parse_dataset(f"folder:{split_folder}", split="dev")
+    write_image(tmp_path / "flat" / "cat" / "a.png", photo(0))
+    with pytest.raises(ValueError, match="has no splits .* --split 'train' cannot apply"):
+        parse_dataset(f"folder:{tmp_path / 'flat'}", split="train")
+
+
+def test_split_folders_beside_other_folders_or_images_are_an_error(split_folder):
+    write_image(split_folder / "extra" / "x.png", photo(0))
+    with pytest.raises(ValueError, match="split folders .* also folders extra"):
+        parse_dataset(f"folder:{split_folder}", split="train")
+
+
+def test_top_level_images_beside_class_folders_are_an_error(image_folder):
+    write_image(image_folder / "stray.png", photo(0))
+    with pytest.raises(ValueError, match="1 image.* top level beside class folders.*stray.png"):
+        parse_dataset(f"folder:{image_folder}")
+
+
+def test_symlinked_class_folder_out_of_the_tree_is_not_followed(tmp_path):
+    """issue 13: a class folder linking elsewhere pulled a foreign tree into the data set."""
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    write_image(root / "cat" / "a.png", photo(0))
+    write_image(outside / "secret.png", photo(1))
+    os.symlink(outside, root / "dog")
+    os.symlink(root / "cat", root / "kitty")  # inside the tree: followed
+    ds = parse_dataset(f"folder:{root}")
+    assert ds.ids == ["cat/a.png", "kitty/a.png"] and ds.info["ignored_links"] == ["dog"]
+
+
+def test_csv_named_columns_and_split_column(image_folder):
+    csv = image_folder / "meta.csv"
+    csv.write_text("file,kind,fold\ncat/cat0.jpg,feline,train\ndog/dog1.png,canine,test\n")
+    ds = parse_dataset(
+        f"csv:{csv}", path_col="file", label_col="kind", split_col="fold", split="train"
+    )
+    assert ds.ids == ["cat/cat0.jpg"] and ds.labels == ["feline"]
+    assert ds.spec == f"csv:{csv}?path_col=file&label_col=kind&split_col=fold&split=train"
+    assert parse_dataset(ds.spec).ids == ds.ids
+    with pytest.raises(ValueError, match="no split 'val'; its splits are test, train"):
+        parse_dataset(f"csv:{csv}", path_col="file", split_col="fold", split="val")
+    with pytest.raises(ValueError, match="has no 'label' column.*--label-col"):
+        parse_dataset(f"csv:{csv}", path_col="file", label_col="label")
+    with pytest.raises(ValueError, match="has no splits"):
+        parse_dataset(f"csv:{csv}", path_col="file", split="train")
+    with pytest.raises(ValueError, match="--label-col does not apply to folder data"):
+        parse_dataset(f"folder:{image_folder}", label_col="kind")
+
+
+def test_csv_unquoted_comma_is_a_line_numbered_error(image_folder):
+    """issue 13: an unquoted comma in a label gave an AttributeError traceback."""
+    csv = image_folder / "l.csv"
+    csv.write_text('path,label\ncat/cat0.jpg,"big, fluffy"\n\ndog/dog1.png,big, wet\n')
+    with pytest.raises(ValueError, match=r"l.csv, line 4: 3 fields where the header has 2.*quotes"):
+        parse_dataset(f"csv:{csv}")
+
+
+def test_cli_extract_takes_csv_column_options(image_folder, tmp_path, capsys):
+    from colhead.cache import open_cache
+    from colhead.cli import main
+
+    csv = image_folder / "meta.csv"
+    csv.write_text("file,kind\ncat/cat0.jpg,feline\ndog/dog1.png,canine\n")
+    out = tmp_path / "c.h5"
+    argv = ["extract", "--column", "tiny", "--data", f"csv:{csv}", "--path-col", "file"]
+    argv += ["--label-col", "kind", "--out", str(out), "--precision", "fp32", "--workers", "0"]
+    assert main(argv + ["--device", "cpu", "--no-progress"]) == 0
+    c = open_cache(out)
+    assert list(c.ids) == ["cat/cat0.jpg", "dog/dog1.png"] and list(c.classes) == [
+        "canine",
+        "feline",
+    ]
