@@ -224,6 +224,3 @@ def test_cli_extract_takes_csv_column_options(image_folder, tmp_path, capsys):
     c = open_cache(out)
     assert list(c.ids) == ["cat/cat0.jpg", "dog/dog1.png"]
     assert set(c.classes) == {"canine", "feline"}
-        "canine",
-        "feline",
-    ]
