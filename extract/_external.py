@@ -140,7 +140,12 @@ def timm_spec(name: str) -> ColumnSpec:
             model.load_state_dict(state, strict=False)
             return model, Path(weights_file), sha256_file(weights_file)
         if _offline():
+            # huggingface_hub read HF_HUB_OFFLINE when timm imported it: set the live constant
+            # too, or it retries the network for ~50 s (the CLI sets the variable at start).
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import huggingface_hub.constants
+
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
         try:
             model = timm.create_model(model_name, pretrained=True, num_classes=0)
         except Exception as e:  # huggingface_hub raises many types; all mean "no weights here"
