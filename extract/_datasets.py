@@ -17,6 +17,7 @@ from typing import Callable
 
 from . import _sources_builtin as builtin
 from . import _sources_files as files
+from . import _wds as wds
 from ._source import Dataset, split_query
 
 __all__ = ["DATASETS", "Dataset", "DatasetKind", "parse_dataset"]
@@ -57,6 +58,12 @@ DATASETS: dict[str, DatasetKind] = {
             "columns path[,label][,split] (--path-col ...); paths relative to FILE's folder",
             ("allow_absolute", "path_col", "label_col", "split_col"),
             ("path_col", "label_col", "split_col", "split"),
+        ),
+        DatasetKind(
+            "wds",
+            wds.webdataset,
+            "wds:PATTERN",
+            "webdataset tar shards, e.g. train-{000..099}.tar: KEY.jpg + optional KEY.cls",
         ),
         DatasetKind(
             "digits", builtin.digits, "digits", "scikit-learn's 8x8 digits (train, test, all)"
