@@ -1,6 +1,6 @@
 """The Ray engine against the local one, on a real local Ray (2 CPUs): same rows, same resume."""
 
-import logging
+import os
 import signal
 import subprocess
 import sys
@@ -13,9 +13,11 @@ ray = pytest.importorskip("ray")
 # Ray Data's own deprecation notices about its settings, not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
+from _ray_local import descendants, listening, not_on_loopback  # noqa: E402
+
 import colhead  # noqa: E402
 from colhead.cache import open_cache, verify_cache  # noqa: E402
-from colhead.extract._ray import extract_ray  # noqa: E402
+from colhead.extract._ray import _connect, _is_loopback, extract_ray  # noqa: E402
 from conftest import broken_files  # noqa: E402
 
 FAST = dict(column="tiny", precision="fp32", progress=False)
@@ -23,13 +25,36 @@ FAST = dict(column="tiny", precision="fp32", progress=False)
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """One Ray for the module; subprocesses join it by address instead of starting their own."""
+    """One Ray for the module; subprocesses join it by address instead of starting their own.
+
+    Started the way colhead starts its private Ray (``_connect(None)``: on 127.0.0.1), with
+    2 CPUs whatever the machine, so the column actors stay few.
+    """
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "cpu_count", lambda: 2)
+            _connect(None)
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+
+
+def test_a_local_ray_listens_on_loopback_only(ray_address):
+    # Ray swaps 127.0.0.1 for the machine's interface address unless told not to (see
+    # extract/_ray.py _keep_loopback); then its GCS, raylet and workers listen on the network.
+    assert ray_address.startswith("127.0.0.1:")
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    ours = descendants(os.getpid())  # the driver, GCS, raylet, agents and workers
+    assert len(listening(ours)) >= 3  # at least the driver, the GCS and the raylet
+    assert not_on_loopback(ours) == []
+
+
+def test_loopback_addresses_are_recognised():
+    for a in ["127.0.0.1:6379", "localhost:6379", "[::1]:6379", "ray://127.0.0.1:10001"]:
+        assert _is_loopback(a), a
+    for a in ["192.0.2.2:6379", "head:6379", "auto", "ray://10.0.0.1:10001"]:
+        assert not _is_loopback(a), a
 
 
 def _by_id(c):
