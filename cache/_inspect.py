@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _h5
+from . import _freeze, _h5
 from ._format import C_CLASSES, C_COMPLETE, C_ROWS, C_SKIPPED, CacheError, config_key
 from ._lock import writer_active
 
@@ -99,6 +99,8 @@ def _verify(path: Path) -> list[str]:
                 bad_rows += int((~np.isfinite(block.astype(np.float32))).any(axis=1).sum())
             s_ids = f["skipped"]["ids"].asstr()[:m]
             s_live = f["skipped"]["live"][:m].astype(bool)
+            f["classes"].asstr()[:nc]  # read as open_cache reads it: damage there fails both
+            problems += _freeze.check(f, path)  # a frozen cache's CRC-32 of its vectors
         except (OSError, ValueError) as e:
             return problems + [f"reading the arrays failed ({_h5._reason(e)}): corrupt data"]
         if bad_rows:
