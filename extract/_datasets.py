@@ -15,6 +15,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
+from . import _parquet as columnar
 from . import _sources_builtin as builtin
 from . import _sources_files as files
 from . import _wds as wds
@@ -64,6 +65,22 @@ DATASETS: dict[str, DatasetKind] = {
             wds.webdataset,
             "wds:PATTERN",
             "webdataset tar shards, e.g. train-{000..099}.tar: KEY.jpg + optional KEY.cls",
+        ),
+        DatasetKind(
+            "parquet",
+            columnar.parquet,
+            "parquet:FILE_OR_GLOB",
+            "image bytes in parquet (HF exports), read by row group; --image-col, --label-col",
+            ("image_col", "label_col"),
+            ("image_col", "label_col"),
+        ),
+        DatasetKind(
+            "hf",
+            columnar.hf,
+            "hf:PATH",
+            "a datasets.save_to_disk folder or a hub snapshot on disk (splits); needs pyarrow",
+            ("image_col", "label_col"),
+            ("image_col", "label_col", "split"),
         ),
         DatasetKind(
             "digits", builtin.digits, "digits", "scikit-learn's 8x8 digits (train, test, all)"
