@@ -34,6 +34,31 @@ def descendants(*roots: int) -> set[int]:
     return seen
 
 
+def group(pgid: int) -> set[int]:
+    """The processes of process group ``pgid`` and everything they started.
+
+    ``ray start`` (without ``--block``) leaves its node's processes in its process group and
+    exits; the raylet's workers get groups of their own, so follow the children as well.
+    """
+    members = []
+    for d in PROC.iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    members.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return descendants(*members) if members else set()
+
+
+def title(pid: int) -> str:
+    """The process's command line as ``ps`` shows it (Ray workers retitle themselves)."""
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     try:
