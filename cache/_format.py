@@ -27,6 +27,7 @@ import json
 FORMAT = "colhead-feature-cache"
 SCHEMA_VERSION = 1
 MAX_ATTR_BYTES = 64 * 1024  # metadata beyond this belongs in datasets, not attributes
+MAX_RUNS_KEPT = 20  # provenance of the last runs; older ones drop so the attribute stays small
 
 # /commit slots
 C_ROWS, C_SKIPPED, C_COMPLETE, C_CLASSES, C_FINISHED = range(5)

@@ -1,4 +1,4 @@
-"""Low-level HDF5 helpers: the only module (with the writer and reader) that touches h5py."""
+"""Low-level HDF5 helpers shared by the cache modules: open, check, create, copy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _flags
+from . import _files, _flags
 from ._format import (
     C_CLASSES,
     C_FINISHED,
@@ -90,7 +90,7 @@ def open_read(path: str | os.PathLike) -> h5py.File:
                 continue  # a writer opened or switched to SWMR meanwhile: open it that way
             if not now:
                 raise CacheError(
-                    f"{path} cannot be read as HDF5 ({_reason(e)}); it is truncated, corrupt or "
+                    f"{path} cannot be read as HDF5 ({reason(e)}); it is truncated, corrupt or "
                     "not a colhead cache. Run `colhead cache verify` on it; to start over, "
                     "delete it."
                 ) from None
@@ -116,15 +116,25 @@ def open_read(path: str | os.PathLike) -> h5py.File:
     return f
 
 
+def open_swmr_write(path: Path) -> h5py.File:
+    """Open read-write straight in SWMR mode: the file is never marked as a plain writer's."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    if hasattr(fapl, "set_file_locking"):
+        fapl.set_file_locking(False, False)  # as locking=False: our own lock file rules
+    flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+    return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
+
+
 def corrupt(path, e: BaseException) -> CacheError:
     """The CacheError for a file that h5py could open but not read."""
     return CacheError(
-        f"{path} is corrupt: reading it failed ({_reason(e)}). Run `colhead cache verify` on "
+        f"{path} is corrupt: reading it failed ({reason(e)}). Run `colhead cache verify` on "
         "it; to start over, delete it and extract again."
     )
 
 
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     """HDF5's message, short: its summary and the detail in its parentheses (or the errno's)."""
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     head, _, detail = text.partition("(")
@@ -132,6 +142,9 @@ def _reason(e: BaseException) -> str:
     errno_msg = re.search(r"error message = '([^']*)'", detail)
     detail = errno_msg.group(1) if errno_msg else detail.rsplit(")", 1)[0].strip()
     return (f"{head}: {detail}" if detail else head)[:200]
+
+
+_reason = reason  # the name _reader.py used before; cache modules call reason()
 
 
 def check_header(f: h5py.File, path) -> None:
@@ -156,7 +169,7 @@ def read_commit(f: h5py.File, path) -> np.ndarray:
         if isinstance(e, CacheError):
             raise
         raise CacheError(
-            f"{path}: cannot read /commit ({_reason(e)}); the file is corrupt."
+            f"{path}: cannot read /commit ({reason(e)}); the file is corrupt."
         ) from None
 
 
@@ -199,17 +212,17 @@ def read_attrs(f: h5py.File) -> tuple[dict, dict]:
 
 def create(path: Path, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
     """Create an empty cache at ``path`` atomically (build aside, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
+    tmp = _files.temp_path(path, "init")
     try:
         with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-            _layout(f, identity=identity, metadata=metadata, dim=dim, store_dtype=store_dtype)
+            layout(f, identity=identity, metadata=metadata, dim=dim, store_dtype=store_dtype)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _layout(f: h5py.File, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
+def layout(f: h5py.File, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
     from ._format import config_key
 
     dt = np.dtype(store_dtype)
@@ -244,11 +257,11 @@ def copy_committed(src: h5py.File, src_path, dst: Path) -> None:
     commit = read_commit(src, src_path)
     identity, metadata = read_attrs(src)
     n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy")
+    tmp = _files.temp_path(dst, "copy")
     try:
         with h5py.File(tmp, "w", libver="latest", locking=False) as f:
             feats = src["features"]
-            _layout(
+            layout(
                 f,
                 identity=identity,
                 metadata=metadata,

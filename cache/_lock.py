@@ -28,7 +28,7 @@ What users of shared caches (NFS and other network file systems) need to know:
 
 Linux emulates ``flock`` on NFS with POSIX locks, which belong to a process, not to a file
 descriptor: probing the lock from the owning process would succeed and, on close, drop the
-owner's lock. So a lock owned by this very process is never probed (see ``_is_stale``).
+owner's lock. So a lock owned by this very process is never probed (see ``is_stale``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class WriterLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
-                if self._is_stale():
+                if self.is_stale():
                     self._break_stale()  # only a lock we can prove is dead; then race again
                     continue
                 raise CacheLockedError(self._held_message()) from None
@@ -142,7 +142,8 @@ class WriterLock:
             return self
         raise CacheLockedError(self._held_message())
 
-    def _is_stale(self) -> bool:
+    def is_stale(self) -> bool:
+        """Whether the lock file exists but provably has no live writer (see ``_dead``)."""
         owner = _read_owner(self.path)
         if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
             return False  # ours, alive; and probing our own flock could drop it on NFS
@@ -218,6 +219,6 @@ class WriterLock:
 def writer_active(cache_path: str | os.PathLike) -> dict | None:
     """The owner record of a live writer of ``cache_path``, or None."""
     lock = WriterLock(cache_path)
-    if not lock.path.exists() or lock._is_stale():
+    if not lock.path.exists() or lock.is_stale():
         return None
     return _read_owner(lock.path) or {"pid": None}

@@ -110,7 +110,9 @@ def _check_writable(path: Path) -> None:
         raise IsADirectoryError(f"--out {path} is a folder; give a file name, or use --cache-dir.")
     if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(f"Cannot write {path}: no write permission. Choose another --out.")
-    probe = parent / f".colhead-probe-{os.getpid()}"  # cache gc knows this name (cache/_manage)
+    from ..cache import probe_path  # cache/ names colhead's files, so `cache gc` knows it
+
+    probe = probe_path(parent)
     try:  # os.access says yes to root everywhere; only a real create tells the truth
         probe.touch()
         probe.unlink()

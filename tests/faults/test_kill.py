@@ -227,7 +227,7 @@ main({argv!r})
 """
 CRASH_POINTS = {
     # name: (hook, needs a partial cache first)
-    "creating the file, before its rename": ("dying(_h5, '_layout', 1)", False),
+    "creating the file, before its rename": ("dying(_h5, 'layout', 1)", False),
     "stamping metadata, before switching to SWMR": ("dying_in_stamp({out!r})", True),
     "between a batch's data and its commit": ("dying(_writer, '_extend', 9)", True),
     "committing a batch (after phase 2)": ("dying(_writer.CacheWriter, '_write_commit', 7)", True),

@@ -1,23 +1,19 @@
-"""Caches as a collection: merge shards made elsewhere, list a folder, collect garbage.
+"""Merge caches of one configuration, made elsewhere (shards, other machines), into one file.
 
-Every operation here leaves a folder in a state a reader can trust: merge builds its result
-aside and renames it into place, and gc removes a cache only while holding its writer lock, so
-it can never pull a file from under a live writer (the lock is the one colhead writers take;
-see ``_lock``).
+The result is built aside and renamed into place under ``out``'s writer lock, so a reader of
+``out`` sees the old file or the whole merged one, never a part (see ``_lock``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from . import _h5
+from . import _files, _h5
 from ._format import (
     C_CLASSES,
     C_COMPLETE,
@@ -26,6 +22,7 @@ from ._format import (
     C_SKIPPED,
     COMMIT_LEN,
     IDENTITY_FIELDS,
+    MAX_RUNS_KEPT,
     CacheError,
     CacheMismatchError,
     _short,
@@ -34,11 +31,7 @@ from ._format import (
 )
 from ._lock import CacheLockedError, WriterLock, writer_active
 
-MAX_RUNS_KEPT = 20
 BLOCK = 8192  # rows read at once while merging
-# Temporary files of colhead itself: `.NAME.PID.init` / `.NAME.PID.copy` (create, recover, merge)
-# and `.colhead-probe-PID` (the extractor's write check).
-_TEMP = re.compile(r"^\.(?:.+\.(\d+)\.(?:init|copy)|colhead-probe-(\d+))$")
 
 
 def merge_caches(inputs, out: str | os.PathLike) -> dict:
@@ -172,10 +165,10 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
 
     # Pass 2: stream the chosen rows into a file beside `out`, commit, verify, rename.
     feats0 = files[0]["features"]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.copy")
+    tmp = _files.temp_path(out, "copy")
     try:
         with h5py.File(tmp, "w", libver="latest", locking=False) as g:
-            _h5._layout(
+            _h5.layout(
                 g, identity=ident0, metadata={}, dim=feats0.shape[1], store_dtype=feats0.dtype.str
             )
             g.attrs["metadata"] = dump_attr(metadata)
@@ -244,154 +237,3 @@ def _extend(ds, values: np.ndarray) -> None:
     n = ds.shape[0]
     ds.resize((n + len(values),) + ds.shape[1:])
     ds[n:] = values
-
-
-def list_caches(directory: str | os.PathLike) -> list[dict]:
-    """Every ``*.h5`` file in ``directory``: what it holds, or why it is not a cache.
-
-    Each entry has ``path``, ``size_bytes`` and ``kind`` ("cache" or "not a cache"); a cache
-    adds ``column``, ``dataset``, ``precision``, ``store_dtype``, ``rows`` (live), ``skipped``,
-    ``complete``, ``config_key`` and ``writer`` (the live writer's pid/host, or None); anything
-    else adds ``error``, the reason it could not be read.
-    """
-    d = _folder(directory)
-    out = []
-    for p in sorted(d.glob("*.h5")):
-        if not p.is_file():
-            continue
-        entry: dict = {"path": str(p), "size_bytes": p.stat().st_size}
-        try:
-            entry.update(_h5.swmr_retry(partial(_summary, p)))
-        except _h5.READ_ERRORS as e:  # CacheError included: damage of any kind
-            entry.update(kind="not a cache", error=str(e))
-            out.append(entry)
-            continue
-        entry["writer"] = writer_active(p)
-        out.append(entry)
-    return out
-
-
-def _summary(p: Path) -> dict:
-    with _h5.open_read(p) as f:
-        c = _h5.read_commit(f, p)
-        ident, _ = _h5.read_attrs(f)
-        n, m = int(c[C_ROWS]), int(c[C_SKIPPED])
-        try:
-            rows, skipped = int(f["live"][:n].sum()), int(f["skipped"]["live"][:m].sum())
-        except (OSError, ValueError) as e:  # raced a writer's append: retried
-            raise _h5.TornRead(f"{p}: reading its arrays failed ({_h5._reason(e)}).") from None
-    return dict(
-        kind="cache",
-        column=ident.get("column"),
-        dataset=ident.get("dataset"),
-        precision=ident.get("precision"),
-        store_dtype=ident.get("store_dtype"),
-        rows=rows,
-        skipped=skipped,
-        complete=bool(c[C_COMPLETE]),
-        config_key=config_key(ident),
-    )
-
-
-def gc_caches(
-    directory: str | os.PathLike, dry_run: bool = True, *, temp_age_s: float = 600.0
-) -> list[tuple[str, str]]:
-    """Remove what interrupted runs left in ``directory``; by default only say what would go.
-
-    Removed: incomplete caches with no live writer (rerunning their extraction would have
-    resumed them), lock files whose writer is dead, and colhead's temporary files
-    (``.NAME.PID.init``/``.copy``, ``.colhead-probe-PID``) whose process is gone here and that
-    nobody touched for ``temp_age_s`` seconds. Never removed: a complete cache, a cache being
-    written (a cache is deleted only while gc holds its writer lock), a lock whose writer may
-    live (one made on another host is never judged dead), any file that is not colhead's.
-
-    Returns:
-        (path, reason) for each file removed, or that would be with ``dry_run``.
-    """
-    d = _folder(directory)
-    done: list[tuple[str, str]] = []
-    for p in sorted(d.glob("*.h5")):
-        reason = _incomplete_idle(p)
-        if reason is None:
-            continue
-        if dry_run:
-            done.append((str(p), reason))
-            continue
-        try:
-            lock = WriterLock(p).acquire()  # from now on no writer can start on it
-        except CacheLockedError:
-            continue
-        try:
-            reason = _incomplete_idle(p, locked=True)
-            if reason is not None:
-                p.unlink()
-                done.append((str(p), reason))
-        finally:
-            lock.release()
-    gone = {Path(x) for x, _ in done}
-    for lk in sorted(d.glob("*.h5.lock")):
-        cache = lk.with_name(lk.name[: -len(".lock")])
-        if cache in gone and dry_run:
-            continue  # the cache's removal takes its lock with it
-        lock = WriterLock(cache)
-        if not lk.exists() or not lock._is_stale():
-            continue
-        if dry_run:
-            done.append((str(lk), "lock file of a writer that is no longer running"))
-            continue
-        try:
-            lock.acquire()  # breaks the stale lock the safe way, then ours is released
-        except CacheLockedError:
-            continue
-        lock.release()
-        done.append((str(lk), "lock file of a writer that is no longer running"))
-    now = time.time()
-    for p in sorted(d.iterdir()):
-        m = _TEMP.match(p.name)
-        if not m or not p.is_file():
-            continue
-        pid = int(m.group(1) or m.group(2))
-        try:
-            age = now - p.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        if _pid_alive(pid) or age < temp_age_s:
-            continue
-        if not dry_run:
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                continue
-        done.append((str(p), f"temporary file of a process that is gone (pid {pid})"))
-    return done
-
-
-def _incomplete_idle(p: Path, *, locked: bool = False) -> str | None:
-    """Why ``p`` may go (an incomplete colhead cache nobody writes), or None to keep it."""
-    try:
-        s = _h5.swmr_retry(lambda: _summary(p))
-    except _h5.READ_ERRORS:  # CacheError included
-        return None  # not ours, or unreadable: gc never deletes what it cannot identify
-    if s["complete"] or (not locked and writer_active(p)):
-        return None
-    return f"incomplete cache ({s['rows']} rows) with no writer running"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _folder(directory) -> Path:
-    d = Path(directory).expanduser()
-    if not d.is_dir():
-        raise FileNotFoundError(f"No folder at {d}.")
-    return d
-
-
-__all__ = ["gc_caches", "list_caches", "merge_caches"]
