@@ -1,6 +1,6 @@
 """Head-experiment turnaround: the workshop's protocol against colhead's extract-once-then-fit.
 
-(a) the workshop (WORKSHOP.md): the frozen column recomputed on the raw images every epoch, a
+(a) the workshop (docs/workshop.md): the frozen column recomputed on the raw images every epoch, a
     linear head 1280 -> classes trained with AdamW (lr 1e-3, weight decay 0.01), batch 32,
     10 epochs, and the evaluation set scored after every epoch (as the notebook's curves were);
 (b) colhead: ``colhead.extract`` of the train and test images into caches once, then

@@ -90,7 +90,7 @@ def test_workshop_preset_has_19302_parameters():
     cfg = ScratchConfig.workshop()
     assert (cfg.channels, cfg.groups, cfg.epochs, cfg.patience) == ((8, 16, 32), (2, 4, 8), 50, 0)
     model = SmallCNN(cfg, n_classes=102)
-    assert sum(p.numel() for p in model.parameters()) == 19_302  # WORKSHOP.md's figure
+    assert sum(p.numel() for p in model.parameters()) == 19_302  # docs/workshop.md's figure
     # Adaptive pooling: the count does not depend on the image size.
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 102)
 
