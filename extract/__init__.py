@@ -30,6 +30,7 @@ from ._registry import (
     register_column,
 )
 from ._run import ExtractResult, default_cache_dir
+from ._source import read_image_file
 
 __all__ = [
     "DEFAULT_COLUMN",
@@ -50,6 +51,7 @@ __all__ = [
     "list_columns",
     "offline_columns",
     "parse_dataset",
+    "read_image_file",
     "register_column",
     "resolve_device",
     "resolve_precision",

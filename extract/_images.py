@@ -22,6 +22,16 @@ from ._columns import Preprocess
 # limit, since a 20000x20000 header in a 1 KB file is the classic decompression bomb.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
+# The formats colhead reads (those of the folder source's file suffixes). PIL would otherwise
+# try ~40 more on any bytes, some with large attack surfaces or outside helpers (EPS runs
+# Ghostscript when installed; FITS, PSD, ...); issue 13.
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# 16-bit and 32-bit grey and float images: resized in their own mode, scaled to 8 bits after.
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Up to this many pixels the whole image is resized, then cropped (the historic path, bit for
+# bit); above it (a very long, thin image), only the crop region is resized.
+_FULL_RESIZE_FACTOR = 4
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -34,13 +44,16 @@ class BadImage(ValueError):
 
 
 def decode(data: bytes, pre: Preprocess, *, draft: bool = True) -> np.ndarray:
-    """Bytes of an image file -> uint8 array (crop, crop, 3), preprocessed up to normalisation."""
+    """Bytes of an image file -> uint8 array (crop, crop, 3), preprocessed up to normalisation.
+
+    Any failure is a ``BadImage`` with its reason: one bad image never fails a batch.
+    """
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise BadImage(f"decompression bomb: {w}x{h} pixels exceeds {MAX_PIXELS}")
@@ -50,22 +63,29 @@ def decode(data: bytes, pre: Preprocess, *, draft: bool = True) -> np.ndarray:
                     img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             img.load()
             img = _rgb_or_grey(img)
+            if img.mode in _HIGH_DEPTH:
+                # resize in the image's own mode first, then scale the small crop to 8 bits:
+                # converting first cost ~30 bytes per pixel in float64 copies (issue 13)
+                hi = img.getextrema()[1]
+                return _rgb_array(_to_uint8(resize_crop(img, pre).astype(np.float32), hi))
+            return _rgb_array(resize_crop(img, pre))
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage(f"decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised format)") from None
+        raise BadImage(f"not an image in a format colhead reads ({', '.join(FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage(f"cannot decode: {str(e)[:200] or type(e).__name__}") from None
-    return _rgb_array(resize_crop(img, pre))
+    except Exception as e:  # a plugin's bug or MemoryError: this image fails, not the batch
+        raise BadImage(f"cannot decode: {type(e).__name__}: {str(e)[:160]}") from None
 
 
 def from_array(arr: np.ndarray, pre: Preprocess) -> np.ndarray:
     """An in-memory image (H, W) grey or (H, W, 3) RGB, any numeric dtype -> preprocessed uint8."""
     arr = np.asarray(arr)
     if arr.dtype != np.uint8:
-        arr = _to_uint8(arr.astype(np.float64))
+        arr = _to_uint8(arr.astype(np.float32))
     if arr.ndim == 2:
         img = Image.fromarray(arr, "L")
     elif arr.ndim == 3 and arr.shape[2] == 3:
@@ -75,18 +95,29 @@ def from_array(arr: np.ndarray, pre: Preprocess) -> np.ndarray:
     return _rgb_array(resize_crop(img, pre))
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    hi = float(a.max()) if a.size else 0.0
+def _to_uint8(a: np.ndarray, hi: float | None = None) -> np.ndarray:
+    """Scale a float32 array to 0..255 in place: [0, 1] floats, 16-bit, or wider by its max.
+
+    ``hi`` is the whole image's maximum when ``a`` is only its crop.
+    """
+    np.nan_to_num(a, copy=False)
+    if hi is None:
+        hi = float(a.max()) if a.size else 0.0
+    hi = float(hi) if math.isfinite(hi) else float(np.finfo(np.float32).max)
     if hi <= 1.0:
-        a = a * 255.0
+        a *= 255.0
     elif hi > 255.0:
-        a = a / (65535.0 / 255.0) if hi <= 65535 else a * (255.0 / hi)
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        a *= 255.0 / 65535.0 if hi <= 65535 else 255.0 / hi
+    np.rint(a, out=a)
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB, upright, first frame; alpha composited on white."""
     img = _rgb_or_grey(img)
+    if img.mode in _HIGH_DEPTH:
+        img = Image.fromarray(_to_uint8(np.array(img, dtype=np.float32)), "L")
     return img.convert("RGB") if img.mode == "L" else img
 
 
@@ -95,9 +126,8 @@ def _rgb_or_grey(img: Image.Image) -> Image.Image:
     4-byte RGBX pixels) makes elpv-like grey images decode ~1.5x faster, with the same bytes."""
     img = ImageOps.exif_transpose(img) or img
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img)
-        return Image.fromarray(_to_uint8(arr.astype(np.float64)), "L")
+    if mode in _HIGH_DEPTH:
+        return img  # decode resizes it in this mode; to_rgb scales it here
     if mode in ("L", "1"):
         return img.convert("L") if mode == "1" else img
     if mode == "P":
@@ -118,18 +148,36 @@ def _rgb_array(arr: np.ndarray) -> np.ndarray:
 def resize_crop(img: Image.Image, pre: Preprocess) -> np.ndarray:
     """Resize the short side to ``pre.resize``, centre-crop ``pre.crop`` (as torchvision does).
 
-    Returns (crop, crop, 3) for RGB images and (crop, crop) for grey ("L") ones.
+    Returns (crop, crop, 3) for RGB images and (crop, crop) for single-band ones, in the image's
+    own dtype (uint8, or uint16/int32/float32 for high-depth modes).
+
+    The resized image is never built whole when it would be much bigger than the crop: a 1x2000
+    PNG of 84 bytes resized to a short side of 256 is 256x512000 (~150 MiB) before cropping
+    (issue 13). Then only the crop region is resized, from its box in source coordinates, which
+    samples the same source points with the same filter as resizing everything.
     """
     w, h = img.size
     if w < 1 or h < 1:
         raise BadImage(f"image has no pixels ({w}x{h})")
     scale = pre.resize / min(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (nw, nh) != (w, h):
-        # reducing_gap: PIL first reduces by an integer factor with a box filter, then resamples;
-        # same result class as torchvision's antialiased resize, much faster on big images.
-        img = img.resize((nw, nh), _RESAMPLE[pre.interpolation], reducing_gap=3.0)
     c = pre.crop
     left, top = int(round((nw - c) / 2.0)), int(round((nh - c) / 2.0))
-    img = img.crop((left, top, left + c, top + c))  # pads with black if the image is smaller
-    return np.asarray(img, dtype=np.uint8)
+    resample = _RESAMPLE[pre.interpolation]
+    gap = None if img.mode.startswith("I;16") else 3.0  # PIL cannot reduce() 16-bit images
+    if nw * nh <= _FULL_RESIZE_FACTOR * c * c:
+        if (nw, nh) != (w, h):
+            # reducing_gap: PIL first reduces by an integer factor with a box filter, then
+            # resamples; same result class as torchvision's antialiased resize, much faster.
+            img = img.resize((nw, nh), resample, reducing_gap=gap)
+        img = img.crop((left, top, left + c, top + c))  # pads with black if the image is smaller
+        return np.asarray(img)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + c, nw), min(top + c, nh)
+    sx, sy = w / nw, h / nh  # source pixels per output pixel, as in the whole-image resize
+    box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+    region = img.resize((x1 - x0, y1 - y0), resample, box=box, reducing_gap=gap)
+    if (x1 - x0, y1 - y0) != (c, c):  # the crop reaches past the image: black, as crop() pads
+        canvas = Image.new(region.mode, (c, c))
+        canvas.paste(region, (x0 - left, y0 - top))
+        region = canvas
+    return np.asarray(region)

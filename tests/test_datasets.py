@@ -224,3 +224,20 @@ def test_cli_extract_takes_csv_column_options(image_folder, tmp_path, capsys):
     c = open_cache(out)
     assert list(c.ids) == ["cat/cat0.jpg", "dog/dog1.png"]
     assert set(c.classes) == {"canine", "feline"}
+
+
+def test_guarded_reader_refuses_pipes_devices_and_huge_files(tmp_path):
+    """The public reader predict shares with the data sets (issue 13)."""
+    import errno
+
+    from colhead.extract import read_image_file
+
+    os.mkfifo(tmp_path / "fifo.jpg")
+    for path in (tmp_path / "fifo.jpg", "/dev/zero"):
+        with pytest.raises(OSError, match="not a regular file") as e:
+            read_image_file(path)  # a FIFO without a writer must not block
+        assert e.value.errno == errno.EINVAL
+    (tmp_path / "big.png").write_bytes(b"x" * 1000)
+    with pytest.raises(OSError, match="1000 bytes, more than") as e:
+        read_image_file(tmp_path / "big.png", max_bytes=999)
+    assert read_image_file(tmp_path / "big.png") == b"x" * 1000
