@@ -9,15 +9,57 @@ in ``_options``. ``main(argv) -> int`` is the one place that turns expected erro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import _cache, _extract, _heads, _service
+from ._text import printable, printable_name
+
+__all__ = ["main", "printable", "printable_name"]
+
+# Environment variables that keep Hugging Face from the network. huggingface_hub reads them once,
+# at import, so they must be set before anything imports it (timm does); then a `timm/...` column
+# without cached weights fails at once instead of after ~50 s of retries (issue 12).
+HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def offline_env() -> None:
+    """With ``COLHEAD_OFFLINE`` set (not "0"), make every Hugging Face library offline too."""
+    if os.environ.get("COLHEAD_OFFLINE", "") not in ("", "0"):
+        for k, v in HF_OFFLINE_ENV.items():
+            os.environ.setdefault(k, v)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help line ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or default is False or default == argparse.SUPPRESS
+        if quiet or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose sub-commands (made with ``type(self)``) share the formatter, and
+    whose ``--json`` options say what they do when their command does not."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if "--json" in args and not kwargs.get("help"):
+            kwargs["help"] = "print machine-readable JSON instead of text"
+        return super().add_argument(*args, **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="colhead",
         description="Reuse pretrained vision columns: extract features once, train heads fast.",
     )
@@ -28,7 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``colhead ... | head -1``): stop quietly, as `cat` would.
+
+    Point stdout at /dev/null so that the interpreter's final flush does not fail again
+    (the recipe of the Python docs, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    offline_env()
     args = _parser().parse_args(argv)
     from ..cache import CacheError, CacheLockedError, CacheMismatchError
     from ..extract import BadImage, ColumnUnavailableError
@@ -36,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = (
         ValueError,
         FileNotFoundError,
+        FileExistsError,
         PermissionError,
         IsADirectoryError,
         CacheError,
@@ -46,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         ConnectionError,  # --engine ray --ray-address to a cluster that is not there
     )
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every batch committed so far is kept; rerun the same command to "
@@ -55,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except expected as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # e.g. CUDA asked for but absent: say it, without a traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
 
 

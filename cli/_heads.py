@@ -7,46 +7,88 @@ import json
 import time
 
 from ._options import DEFAULT_COLUMN, add_device_args
+from ._text import printable
+
+# The default is the head registry's default set, read when the command runs: importing the
+# heads (torch, scikit-learn) to print --help would take seconds.
+HEADS_HELP = "comma-separated head kinds, e.g. logreg,knn (default: the registry's default set)"
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("heads", help="train heads on a cache, score them on another")
-    p.add_argument("--train", required=True, help="training cache")
-    p.add_argument("--test", required=True, help="test cache")
-    p.add_argument("--val", default=None, help="validation cache (else split from --train)")
-    p.add_argument("--head", default="logreg,mlp,knn", help="comma-separated: logreg,mlp,knn")
-    p.add_argument("--save", default=None, help="folder to save the fitted heads in")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--train", required=True, help="training cache (.h5)")
+    p.add_argument("--test", required=True, help="test cache (.h5), same column as --train")
+    p.add_argument(
+        "--val", default=None, help="validation cache, same column (default: split from --train)"
+    )
+    p.add_argument("--head", default=None, help=HEADS_HELP)
+    p.add_argument(
+        "--save",
+        default=None,
+        help="folder to save the fitted heads in, as NAME-HEAD.npz (default: not saved)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="NAME of the saved head files (default: the training data's name)",
+    )
+    p.add_argument("--json", action="store_true", help="print the scores as JSON instead of text")
     p.set_defaults(func=_heads)
 
     p = sub.add_parser("compare", help="column + heads against a scratch CNN, with a report")
-    _add_compare_args(p, data_required=True)
+    _add_compare_args(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("demo", help="compare on the embedded offline default (lite0 over elpv)")
-    _add_compare_args(p, data_required=False)
+    _add_compare_args(p, demo=True)
     p.add_argument(
-        "--quick", action="store_true", help="smaller run (shots 1,all, 1 repeat, 5 scratch epochs)"
+        "--quick", action="store_true", help="smaller run: shots 1,all, 1 repeat, 5 scratch epochs"
     )
     # Sized for a laptop: a few minutes on 2 CPU cores, most of it the one-off extraction.
-    p.set_defaults(shots="1,10,all", repeats=2, scratch_epochs=10, func=_demo)
+    p.set_defaults(shots="1,10,all", repeats=2, scratch_epochs=10, func=_compare)
 
 
-def _add_compare_args(p: argparse.ArgumentParser, *, data_required: bool) -> None:
-    p.add_argument("--data", required=data_required, default="elpv", help="dataset spec")
-    p.add_argument("--column", default=DEFAULT_COLUMN)
+def _add_compare_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    p.add_argument(
+        "--data",
+        default="elpv" if demo else None,
+        help="data spec: a built-in name, folder:PATH (split sub-folders train/ val/ test/ are "
+        "used as given) or csv:FILE; else use --train-data and --test-data",
+    )
+    p.add_argument("--train-data", default=None, help="data spec of the training split")
+    p.add_argument("--test-data", default=None, help="data spec of the test split")
+    p.add_argument(
+        "--val-data",
+        default=None,
+        help="data spec of a validation split (default: carved from the training images)",
+    )
+    p.add_argument("--column", default=DEFAULT_COLUMN, help="column name (colhead columns)")
     p.add_argument("--shots", default="1,5,10,all", help="labelled images per class")
     p.add_argument("--repeats", type=int, default=3, help="seeds per shot count")
-    p.add_argument("--head", default="logreg,mlp,knn")
+    p.add_argument("--head", default=None, help=HEADS_HELP)
     p.add_argument("--no-scratch", action="store_true", help="skip the scratch CNN")
-    p.add_argument("--scratch-epochs", type=int, default=None)
-    p.add_argument("--out", default=None, help="report folder (default reports/<dataset>)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
+    p.add_argument(
+        "--scratch-epochs", type=int, default=None, help="most epochs (default: the model's own)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder (default: reports/<name of the data>; an existing report is kept "
+        "and the new one written beside it, unless --force)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing report in --out")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="folder of caches (default: env COLHEAD_CACHE or ~/.cache)",
+    )
+    p.add_argument(
+        "--train-split", default="train", help="split of a built-in data set to train on"
+    )
+    p.add_argument("--test-split", default="test", help="split of a built-in data set to test on")
     add_device_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits, shots and models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _heads(args) -> int:
@@ -58,7 +100,8 @@ def _heads(args) -> int:
         heads=parse_heads(args.head),
         val_path=args.val,
         save_dir=args.save,
-        log=(lambda s: None) if args.json else print,
+        name=args.name,
+        log=(lambda s: None) if args.json else (lambda s: print(printable(s))),
     )
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -71,18 +114,20 @@ def _compare(args) -> int:
     shots, repeats = args.shots, args.repeats
     if getattr(args, "quick", False):
         shots, repeats, args.scratch_epochs = "1,all", 1, 5
-    slug = "".join(c if c.isalnum() else "-" for c in args.data.split(":")[0])
-    out = args.out or f"reports/{slug}"
     t0 = time.perf_counter()
     report = compare(
-        args.data,
+        None if (args.train_data or args.test_data) and args.data == "elpv" else args.data,
+        train_data=args.train_data,
+        test_data=args.test_data,
+        val_data=args.val_data,
         column=args.column,
         shots=shots,
         repeats=repeats,
         heads=args.head,
         scratch=not args.no_scratch,
         scratch_epochs=args.scratch_epochs,
-        out=out,
+        out=args.out,
+        force=args.force,
         cache_dir=args.cache_dir,
         train_split=args.train_split,
         test_split=args.test_split,
@@ -90,13 +135,8 @@ def _compare(args) -> int:
         precision=args.precision,
         seed=args.seed,
         progress=not args.no_progress,
+        log=lambda s: print(printable(s)),
     )
-    print(f"\nreport written in {time.perf_counter() - t0:.0f} s: {report}")
-    print(f"plots and results.json beside it in {report.parent}/")
+    print(f"\nreport written in {time.perf_counter() - t0:.0f} s: {printable(str(report))}")
+    print(f"plots and results.json beside it in {printable(str(report.parent))}/")
     return 0
-
-
-def _demo(args) -> int:
-    if args.out is None:
-        args.out = "reports/demo"
-    return _compare(args)

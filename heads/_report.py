@@ -1,4 +1,9 @@
-"""Write a comparison as ``results.json``, ``report.md`` and PNG plots a person would look at."""
+"""Write a comparison as ``results.json``, ``report.md`` and the PNG plots a person looks at first.
+
+The report says only what ran (no scratch wording without a scratch row), names the column and
+whether it is pretrained, puts every accuracy beside its 95% interval, reports the method chosen
+on validation (never on test), and warns at the top when the numbers cannot carry much weight.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,62 @@ from pathlib import Path
 
 import numpy as np
 
-# The label-efficiency plot shows balanced accuracy: few-shot training sets are balanced, and
-# top-1 on an imbalanced test set would reward whatever predicts the majority class.
-METRIC = "balanced_accuracy"
-COLOURS = {"logreg": "#1f77b4", "mlp": "#2ca02c", "knn": "#9467bd", "scratch": "#d62728"}
+from ._gallery import plot_embedding_map, plot_misclassified
+from ._plots import (
+    column_title,
+    extraction_note,
+    methods,
+    plot_by_method,
+    plot_confusion,
+    plot_per_class,
+    plot_time,
+    plot_vs_shots,
+    shot_order,
+    summary_at,
+)
+from ._protocol import SELECT_METRIC
+from ._stats import format_ci, natural_order
+
+SMALL_TEST = 100  # below this many test images, a 95% interval is wider than +-10 points
+METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "top1": "top-1 accuracy"}
 
 
-def _colour(method: str) -> str:
-    return COLOURS.get(method, "#7f7f7f")
+def write_report(
+    results: dict, out: str | Path, *, y_test=None, test_features=None, load_images=None
+) -> Path:
+    """Write results.json, the plots and report.md under ``out``; return the report's path.
 
-
-def write_report(results: dict, out: str | Path) -> Path:
-    """Write results.json, the plots and report.md under ``out``; return the report's path."""
+    Args:
+        results: what ``run_comparison`` returned, plus the pipeline's keys (dataset, column,
+            pretrained, classes, n_train, n_test, chance, extraction, provenance).
+        y_test: test labels (for per-class accuracy, the map and the misclassified images).
+        test_features: test vectors, for the embedding map.
+        load_images: ``positions -> uint8 images``, for the misclassified examples.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json))
+    results = dict(results)
+    results["warnings"] = report_warnings(results)
+    if y_test is not None and results.get("best_head"):
+        results["per_class"] = per_class(results, np.asarray(y_test))
     plots = {
-        "accuracy_by_method.png": _plot_by_method,
-        "accuracy_vs_shots.png": _plot_vs_shots,
-        "confusion_best_head.png": _plot_confusion,
-        "train_time.png": _plot_time,
+        "accuracy_vs_shots.png": lambda p: plot_vs_shots(results, p),
+        "accuracy_by_method.png": lambda p: plot_by_method(results, p),
+        "embedding_map.png": lambda p: plot_embedding_map(results, p, test_features, y_test),
+        "per_class_accuracy.png": lambda p: plot_per_class(results, p),
+        "confusion_best_head.png": lambda p: plot_confusion(results, p),
+        "misclassified.png": lambda p: (
+            y_test is not None and plot_misclassified(results, p, np.asarray(y_test), load_images)
+        ),
+        "train_time.png": lambda p: plot_time(results, p),
     }
-    made = []
-    for name, fn in plots.items():
-        if fn(results, out / name):
-            made.append(name)
+    made = [name for name, draw in plots.items() if draw(out / name)]
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json))
     path = out / "report.md"
-    path.write_text(_markdown(results, made))
+    path.write_text(markdown(results, made))
     return path
 
 
@@ -48,207 +79,165 @@ def _json(o):
     return str(o)
 
 
-def _summary(results: dict, shots: str | None = None) -> list[dict]:
-    return [s for s in results["summary"] if shots is None or s["shots"] == shots]
-
-
-def _shot_order(results: dict) -> list[str]:
-    seen = list(dict.fromkeys(s["shots"] for s in results["summary"]))
-    return sorted(seen, key=lambda s: (s == "all", int(s) if s != "all" else 0))
-
-
-def _methods(results: dict) -> list[str]:
-    return list(dict.fromkeys(s["method"] for s in results["summary"]))
-
-
-def _best_head(results: dict) -> str | None:
-    heads = [s for s in _summary(results, "all") if s["method"] != "scratch"]
-    return max(heads, key=lambda s: s["top1"])["method"] if heads else None
-
-
-def _plot_by_method(results, path) -> bool:
-    import matplotlib.pyplot as plt
-
-    rows = _summary(results, "all")
-    if not rows:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    names = [r["method"] for r in rows]
-    vals = [100 * r["top1"] for r in rows]
-    bars = ax.bar(names, vals, color=[_colour(n) for n in names])
-    ax.bar_label(bars, labels=[f"{v:.1f}%" for v in vals], padding=2)
-    chance = 100 * results["chance"]
-    ax.axhline(chance, ls=":", c="k", lw=1)
-    ax.text(len(names) - 0.5, chance, " majority class", va="bottom", ha="right", fontsize=8)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{results['dataset']}: all {results['n_train']} training images", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
-def _plot_vs_shots(results, path) -> bool:
-    import matplotlib.pyplot as plt
-
-    order = _shot_order(results)
-    if len(order) < 2:
-        return False
-    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
-    xs = np.arange(len(order))
-    for m in _methods(results):
-        ss = {s["shots"]: s for s in _summary(results) if s["method"] == m}
-        y = np.array([100 * ss[o][METRIC] if o in ss else np.nan for o in order])
-        e = np.array([100 * ss[o].get(METRIC + "_std", 0) if o in ss else np.nan for o in order])
-        label = f"column + {m}" if m != "scratch" else "scratch CNN (no pretraining)"
-        ax.errorbar(
-            xs,
-            y,
-            yerr=e,
-            marker="o",
-            capsize=3,
-            color=_colour(m),
-            label=label,
-            ls="--" if m == "scratch" else "-",
+def report_warnings(results: dict) -> list[str]:
+    """Reasons the numbers cannot carry much weight, for the top of the report."""
+    out = []
+    if not results.get("pretrained", True):
+        out.append(
+            f"The column {results['column']} has random weights (not pretrained): its vectors "
+            "say nothing about what a pretrained column is worth. Use it for tests only."
         )
-    per_class = results["n_train"] / max(1, len(results["classes"]))
-    ax.set_xticks(xs, [f"all (~{per_class:.0f})" if o == "all" else o for o in order])
-    ax.set_xlabel("labelled training images per class")
-    ax.set_ylabel("test balanced accuracy (%)")
-    ax.axhline(100 / len(results["classes"]), ls=":", c="k", lw=1)
-    ax.text(xs[0], 100 / len(results["classes"]), "chance", va="bottom", fontsize=8)
-    ax.set_ylim(0, 100)  # the whole scale: no axis cut that makes small gaps look large
-    ax.set_title(f"What the pretrained column is worth: {results['column']}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    if results["n_test"] < SMALL_TEST:
+        out.append(
+            f"Only {results['n_test']} test images: one image moves top-1 by "
+            f"{100 / results['n_test']:.1f} points, and differences inside the 95% intervals "
+            f"below are noise. Use at least {SMALL_TEST} test images to compare methods."
+        )
+    return out
 
 
-def _plot_confusion(results, path) -> bool:
-    import matplotlib.pyplot as plt
+def per_class(results: dict, y_test: np.ndarray) -> list[dict]:
+    """Precision, recall, F1 and support per class for the best head (classification_report)."""
+    from sklearn.metrics import classification_report
 
-    best = _best_head(results)
-    if best is None or best not in results["confusion"]:
-        return False
-    cm = np.array(results["confusion"][best], dtype=float)
-    classes = results["classes"]
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    size = min(12, 2.5 + 0.45 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=120)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if len(classes) <= 20:
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(
-                    j,
-                    i,
-                    int(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion of the best head ({best}, all training images)", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    pred = np.asarray(results["predictions"][results["best_head"]["method"]])
+    labels = np.arange(len(results["classes"]))
+    rep = classification_report(y_test, pred, labels=labels, output_dict=True, zero_division=0)
+    return [
+        {
+            "class": results["classes"][i],
+            "precision": rep[str(i)]["precision"],
+            "recall": rep[str(i)]["recall"],
+            "f1": rep[str(i)]["f1-score"],
+            "support": int(rep[str(i)]["support"]),
+        }
+        for i in labels
+    ]
 
 
-def _plot_time(results, path) -> bool:
-    import matplotlib.pyplot as plt
-
-    rows = _summary(results, "all")
-    if not rows:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
-    names = [r["method"] for r in rows]
-    vals = [max(r["fit_seconds"], 1e-3) for r in rows]
-    bars = ax.barh(names, vals, color=[_colour(n) for n in names])
-    ax.bar_label(bars, labels=[f"{v:.2f} s" for v in vals], padding=2, fontsize=8)
-    ext = results.get("extract_seconds")
-    if ext:
-        ax.axvline(ext, ls="--", c="k", lw=1)
-        ax.text(ext, len(names) - 0.5, f" one-off extraction {ext:.0f} s", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training time on all images (s, log scale)")
-    ax.set_title("training time by method", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
-def _markdown(results: dict, plots: list[str]) -> str:
-    order = _shot_order(results)
-    methods = _methods(results)
+def markdown(results: dict, plots: list[str]) -> str:
+    """The report's text."""
+    order, ms = shot_order(results), methods(results)
     by = {(s["method"], s["shots"]): s for s in results["summary"]}
-    lines = [
-        f"# colhead comparison: {results['dataset']}",
-        "",
-        f"Column **{results['column']}** (frozen) + heads, against a CNN trained from scratch on "
-        f"the same images. {results['n_train']} training and {results['n_test']} test images, "
-        f"{len(results['classes'])} classes; majority-class accuracy "
-        f"{100 * results['chance']:.1f}%.",
+    heads = [m for m in ms if m != "scratch"]
+    lines = [f"# {column_title(results)} on {results['dataset']}", ""]
+    lines += [f"> **Warning:** {w}" + "\n>" for w in results.get("warnings", [])]
+    if results.get("warnings"):
+        lines[-1] = lines[-1].removesuffix("\n>")
+        lines.append("")
+    against = ", against a CNN trained from scratch on the same images" if "scratch" in ms else ""
+    p = results.get("protocol", {})
+    lines += [
+        f"Column **{results['column']}** (frozen) + heads {', '.join(heads)}{against}. "
+        f"{results['n_train']} training images ({p.get('n_val', 0)} of them held out for "
+        f"validation), {results['n_test']} test images, {len(results['classes'])} classes; "
+        f"majority-class accuracy on test {100 * results['chance']:.1f}%.",
         "",
     ]
-    best = _best_head(results)
-    if best and ("scratch", "all") in by:
-        b, s = by[(best, "all")], by[("scratch", "all")]
-        lines += [
-            f"**With all training images: column + {best} {100 * b['top1']:.1f}% vs scratch "
-            f"{100 * s['top1']:.1f}% top-1** (balanced accuracy {100 * b[METRIC]:.1f}% vs "
-            f"{100 * s[METRIC]:.1f}%); the head trained in {b['fit_seconds']:.2f} s, the "
-            f"scratch model in {s['fit_seconds']:.1f} s.",
-            "",
-        ]
-    for key, title in (("top1", "top-1 accuracy"), (METRIC, "balanced accuracy")):
-        lines += [f"## Test {title} (%) by labelled images per class", ""]
-        lines += _shots_table(results, key, order, methods, by) + [""]
-    lines += ["± is the standard deviation over repeats with different labelled images.", ""]
-    lines += ["## All training images: every metric", ""]
-    has5 = any("top5" in s for s in _summary(results, "all"))
-    head = "| method | top-1 | balanced acc. | macro-F1 |" + (" top-5 |" if has5 else "")
-    lines += [head + " fit (s) | predict (s) |", "|---|" + "---:|" * (5 + has5)]
-    for s in _summary(results, "all"):
-        t5 = f" {100 * s['top5']:.1f} |" if has5 else ""
-        lines.append(
-            f"| {s['method']} | {100 * s['top1']:.1f} | {100 * s['balanced_accuracy']:.1f} | "
-            f"{100 * s['macro_f1']:.1f} |{t5} {s['fit_seconds']:.2f} | "
-            f"{s['predict_seconds']:.2f} |"
-        )
-    lines.append("")
+    lines += _headline(results, by) + _selection_table(results)
+    for key in (SELECT_METRIC, "top1"):
+        lines += [f"## Test {METRIC_NAMES[key]} (%) by labelled images per class", ""]
+        lines += _shots_table(key, order, ms, by) + [""]
+    lines += [
+        "[lo, hi] is a 95% interval. One run: Wilson's interval (top-1) or the per-class "
+        "binomial interval (balanced accuracy) over the test images. Repeats with different "
+        "labelled images: mean +- t-interval, never narrower than the runs' own test-set "
+        "interval (repeats that agree do not remove the test set's sampling error).",
+        "",
+    ]
+    lines += _all_metrics_table(results, order[-1]) + _per_class_table(results)
     if plots:
-        lines += ["## Plots", ""]
-        lines += [f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots]
-        lines.append("")
+        lines += ["## Plots", ""] + [f"![{q[:-4].replace('_', ' ')}]({q})" for q in plots] + [""]
     prov = results.get("provenance", {})
-    lines += ["## How these numbers were made", ""]
-    lines += [f"- {k}: {v}" for k, v in prov.items()]
-    lines.append("")
-    return "\n".join(lines)
+    lines += ["## How these numbers were made", ""] + [f"- {k}: {v}" for k, v in prov.items()]
+    return "\n".join(lines + [""])
 
 
-def _shots_table(results, key, order, methods, by) -> list[str]:
+def _headline(results: dict, by: dict) -> list[str]:
+    best = results.get("best")
+    if not best:
+        return []
+    s = by[(best["method"], best["shots"])]
+    n = "all training images" if best["shots"] == "all" else f"{best['shots']} images per class"
+    text = (
+        f"**With {n}, the method chosen on validation is {best['method']}: test balanced "
+        f"accuracy {format_ci(best['test'], best['test_ci'])}%, top-1 "
+        f"{format_ci(best['test_top1'], best['test_top1_ci'])}%** (trained in "
+        f"{s['fit_seconds']:.2f} s)."
+    )
+    sc = by.get(("scratch", best["shots"]))
+    if sc is not None and best["method"] != "scratch":
+        text += (
+            f" The scratch CNN: {format_ci(sc[SELECT_METRIC], sc.get(SELECT_METRIC + '_ci'))}% "
+            f"balanced accuracy, trained in {sc['fit_seconds']:.1f} s."
+        )
+    return [text, ""]
+
+
+def _selection_table(results: dict) -> list[str]:
+    rows = (results.get("best") or {}).get("by_shots") or []
+    if not rows:
+        return []
+    lines = [
+        "## Best method per shot count (chosen on validation, reported on test)",
+        "",
+        "| images per class | chosen | validation bal. acc. | test bal. acc. [95%] |",
+        "|---|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shots']} | {r['method']} | {100 * r['validation']:.1f} | "
+            f"{format_ci(r['test'], r['test_ci'])} |"
+        )
+    return lines + [""]
+
+
+def _shots_table(key, order, ms, by) -> list[str]:
     lines = ["| method | " + " | ".join(order) + " |", "|---|" + "---:|" * len(order)]
-    for m in methods:
+    for m in ms:
         cells = []
         for o in order:
             s = by.get((m, o))
-            if s is None:
-                cells.append("")
-            elif s["repeats"] > 1:
-                cells.append(f"{100 * s[key]:.1f} ± {100 * s[key + '_std']:.1f}")
-            else:
-                cells.append(f"{100 * s[key]:.1f}")
+            cells.append("" if s is None else format_ci(s[key], s.get(key + "_ci")))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _all_metrics_table(results: dict, last: str) -> list[str]:
+    rows = summary_at(results, last)
+    n = "All training images" if last == "all" else f"{last} images per class"
+    has5 = any("top5" in s for s in rows)
+    lines = [f"## {n}: every metric (test, %)", ""]
+    head = "| method | top-1 [95%] | balanced acc. [95%] | macro-F1 |" + (
+        " top-5 |" if has5 else ""
+    )
+    lines += [head + " fit (s) | predict (s) |", "|---|" + "---:|" * (5 + has5)]
+    for s in rows:
+        t5 = f" {format_ci(s['top5'], s.get('top5_ci'))} |" if has5 else ""
+        lines.append(
+            f"| {s['method']} | {format_ci(s['top1'], s.get('top1_ci'))} | "
+            f"{format_ci(s[SELECT_METRIC], s.get(SELECT_METRIC + '_ci'))} | "
+            f"{100 * s['macro_f1']:.1f} |{t5} {s['fit_seconds']:.2f} | "
+            f"{s['predict_seconds']:.2f} |"
+        )
+    ext = extraction_note(results.get("extraction") or {})
+    return lines + ["", f"Feature extraction: {ext}.", ""]
+
+
+def _per_class_table(results: dict) -> list[str]:
+    per = results.get("per_class")
+    if not per:
+        return []
+    lines = [
+        f"## Per class: {results['best_head']['method']} (best head on validation), test set",
+        "",
+        "| class | precision | recall | F1 | images |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i in natural_order([r["class"] for r in per]):
+        r = per[i]
+        lines.append(
+            f"| {r['class']} | {100 * r['precision']:.1f} | {100 * r['recall']:.1f} | "
+            f"{100 * r['f1']:.1f} | {r['support']} |"
+        )
+    return lines + [""]

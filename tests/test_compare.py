@@ -8,6 +8,7 @@ from PIL import Image
 
 import colhead
 from colhead.cli import main
+from colhead.heads import DEFAULT_HEADS
 from colhead.service import HeadColumnMismatch, Predictor
 from conftest import photo, write_image
 
@@ -43,8 +44,58 @@ def test_heads_cli_trains_scores_and_saves(digit_caches, tmp_path, capsys):
     )
     rows = json.loads(capsys.readouterr().out)
     assert [r["head"] for r in rows] == ["logreg", "knn"]
-    assert rows[0]["top1"] > 0.6  # random conv features of digits are still informative
-    assert (tmp_path / "logreg.npz").is_file() and (tmp_path / "knn.npz").is_file()
+    for r in rows:  # each head, not only the best: random conv features of digits inform
+        assert r["top1"] > 0.6, r
+    # named after the data and the head, so two tasks never share a file
+    assert [r["saved"] for r in rows] == [
+        str(tmp_path / "digits-logreg.npz"),
+        str(tmp_path / "digits-knn.npz"),
+    ]
+    # the same task again replaces its own file; another task of the same name gets its own
+    main(["heads", "--train", tr, "--test", te, "--head", "knn", "--save", str(tmp_path)])
+    assert "-> " + str(tmp_path / "digits-knn.npz") in capsys.readouterr().out
+    main(["heads", "--train", te, "--test", tr, "--head", "knn", "--save", str(tmp_path)])
+    assert "-> " + str(tmp_path / "digits-knn-2.npz") in capsys.readouterr().out
+    main(["heads", "--train", te, "--test", tr, "--head", "knn", "--save", str(tmp_path),
+          "--name", "mytask"])  # fmt: skip
+    assert (tmp_path / "mytask-knn.npz").is_file()
+
+
+def test_heads_prints_data_before_scores(digit_caches, capsys):
+    tr, te = digit_caches
+    assert main(["heads", "--train", tr, "--test", te, "--head", "knn"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("train: N=") and out[1].startswith("test: N=")
+    assert "classes 0 " in out[1] and "majority class" in out[1]
+    assert out[2].startswith("knn ")
+
+
+def test_heads_on_an_unlabelled_cache_says_so(tmp_path, capsys):
+    for i in range(4):
+        write_image(tmp_path / "flat" / f"{i}.png", photo(i))
+    flat = colhead.extract(data=f"folder:{tmp_path / 'flat'}", out=tmp_path / "u.h5", **FAST)
+    assert main(["heads", "--train", flat.path, "--test", flat.path]) == 1
+    err = capsys.readouterr().err
+    assert "has no labels" in err and "lacks" not in err
+
+
+def test_heads_val_must_be_of_the_same_column(digit_caches, tmp_path, capsys):
+    import torch
+
+    from colhead.extract import get_column
+
+    tr, te = digit_caches
+    model, _, _ = get_column("tiny").build()
+    state = {k: v + 0.01 for k, v in model.state_dict().items()}  # other weights
+    torch.save(state, tmp_path / "w.pt")
+    val = colhead.extract(
+        data="digits", split="test", out=tmp_path / "v.h5", weights=tmp_path / "w.pt", **FAST
+    )
+    args = ["heads", "--train", tr, "--test", te, "--head", "logreg", "--val", val.path]
+    assert main(args) == 1
+    assert "validation cache" in capsys.readouterr().err
+    args[-1] = te  # a validation cache of the same column is used
+    assert main(args) == 0
 
 
 def test_heads_cli_rejects_unknown_head(digit_caches, capsys):
@@ -63,48 +114,71 @@ def bigger_folder(image_folder):
 
 def test_compare_writes_report_json_and_plots(bigger_folder, tmp_path, capsys):
     out = tmp_path / "rep"
-    assert (
-        main(
-            [
-                "compare",
-                "--data",
-                f"folder:{bigger_folder}",
-                "--column",
-                "tiny",
-                "--precision",
-                "fp32",
-                "--shots",
-                "2,all",
-                "--repeats",
-                "2",
-                "--scratch-epochs",
-                "2",
-                "--cache-dir",
-                str(tmp_path / "c"),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    args = ["compare", "--data", f"folder:{bigger_folder}", "--column", "tiny", "--precision",
+            "fp32", "--shots", "2,all", "--repeats", "2", "--scratch-epochs", "3", "--cache-dir",
+            str(tmp_path / "c"), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
     assert "report written" in capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in res["rows"]}
-    assert methods == {"logreg", "mlp", "knn", "scratch"}
+    assert methods == {*DEFAULT_HEADS, "scratch"}  # the registry's default set, and scratch
     assert {(r["shots"], r["repeat"]) for r in res["rows"]} == {("2", 0), ("2", 1), ("all", 0)}
     assert all(r["n_train"] == 6 for r in res["rows"] if r["shots"] == "2")
     assert res["n_train"] == 27 and res["n_test"] == 9  # seeded stratified 75/25 split
+    assert res["protocol"]["n_val"] == 6  # 20% of each class, never trained on
+    assert all(r["n_train"] == 21 for r in res["rows"] if r["shots"] == "all")
     for r in res["rows"]:
         assert 0 <= r["top1"] <= 1 and r["fit_seconds"] > 0
-    # colour classes are easy: the heads must beat chance clearly with all images
-    assert max(r["top1"] for r in res["rows"] if r["shots"] == "all") > 0.6
-    for png in ("accuracy_by_method", "accuracy_vs_shots", "confusion_best_head", "train_time"):
+        assert r["top1_ci"][0] <= r["top1"] <= r["top1_ci"][1]
+    # colour classes are easy: EVERY method must beat chance clearly with all images (a single
+    # broken method fails here, not only all four)
+    for r in res["rows"]:
+        if r["shots"] == "all":
+            assert r["top1"] > 0.6, r
+    assert res["best"]["selected_on"] == "validation"
+    assert res["best"]["method"] in methods and res["best_head"]["method"] != "scratch"
+    for png in ("accuracy_by_method", "accuracy_vs_shots", "confusion_best_head", "train_time",
+                "embedding_map", "per_class_accuracy"):  # fmt: skip
         with Image.open(out / f"{png}.png") as im:
             assert im.size[0] > 300
     report = (out / "report.md").read_text()
+    assert report.startswith("# tiny (random weights, not pretrained) on imgs")
+    assert "**Warning:** The column tiny has random weights" in report
+    assert "**Warning:** Only 9 test images" in report
     assert "| scratch |" in report and "accuracy_vs_shots.png" in report
     assert "seeded stratified" in report and "weights sha256" in report
+    assert "chosen on validation" in report and "no augmentation" in report
+
+
+def test_compare_split_folder_report_folders(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "shapes"
+    for split, n in (("train", 8), ("test", 4)):
+        for c, name in enumerate(["cat", "dog", "eel"]):
+            for i in range(n):
+                write_image(root / split / name / f"{i}.png", photo(50 * c + i + n, cls=c))
+    monkeypatch.chdir(tmp_path)
+    common = ["--column", "tiny", "--precision", "fp32", "--shots", "all", "--head", "logreg,knn",
+              "--no-scratch", "--cache-dir", str(tmp_path / "c"), "--no-progress"]  # fmt: skip
+    assert main(["compare", "--data", f"folder:{root}", *common]) == 0
+    first = tmp_path / "reports" / "shapes"
+    res = json.loads((first / "results.json").read_text())
+    assert (res["n_train"], res["n_test"]) == (24, 12)  # the folder's own splits
+    report = (first / "report.md").read_text()
+    assert "scratch" not in report.lower()  # only what ran
+    # a second report never overwrites the first: it is written beside it
+    split_args = [
+        "--train-data",
+        f"folder:{root / 'train'}",
+        "--test-data",
+        f"folder:{root / 'test'}",
+    ]
+    assert main(["compare", *split_args, *common]) == 0
+    assert (tmp_path / "reports" / "shapes-2" / "report.md").is_file()
+    (first / "marker.png").write_bytes(b"")
+    assert main(["compare", "--data", f"folder:{root}", "--force", *common]) == 0
+    assert not (first / "marker.png").exists() and (first / "report.md").is_file()
+    assert not (tmp_path / "reports" / "shapes-3").exists()
+    capsys.readouterr()
 
 
 @pytest.fixture
@@ -158,7 +232,7 @@ def test_shot_parsing():
 
 
 def test_few_shot_sampling_is_per_class_and_seeded():
-    from colhead.heads._compare import few_shot_indices
+    from colhead.heads._protocol import few_shot_indices
 
     y = np.repeat(np.arange(3), [10, 2, 10])
     a, b = few_shot_indices(y, 5, seed=1), few_shot_indices(y, 5, seed=1)
