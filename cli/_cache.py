@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ._text import printable, printable_name
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("cache", help="inspect and check caches")
@@ -33,14 +35,14 @@ def _cache(args) -> int:
         if args.json:
             print(json.dumps(info, indent=2, default=str))
         else:
-            print(format_info(info))
+            print(printable(format_info(info)))
         return 0
     if args.cache_cmd == "verify":
         problems = verify_cache(args.file)
         if problems:
             print(f"{args.file}: {len(problems)} problem(s):")
             for p in problems:
-                print(f"  - {p}")
+                print(f"  - {printable(p)}")
             return 1
         print(f"{args.file}: OK")
         return 0
@@ -112,7 +114,7 @@ def format_info(info: dict) -> str:
     sk = info["skipped"]
     lines.append(f"skipped    {len(sk)}")
     for id_, reason in sk[:20]:
-        lines.append(f"  {id_}: {reason}")
+        lines.append(f"  {printable_name(id_)}: {printable_name(reason)}")
     if len(sk) > 20:
         lines.append(f"  ... and {len(sk) - 20} more (--json lists all)")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ._options import add_extract_args, dataset_columns
+from ._text import printable
 
 
 def add_parsers(sub) -> None:
@@ -76,7 +77,7 @@ def _extract(args) -> int:
         from ..extract import extract
 
         result = extract(args.column, data, **kwargs)
-    print(result.summary())
+    print(printable(result.summary()))
     if result.skipped_now:
         print(
             f"{result.skipped_now} items skipped; see them with: colhead cache info {result.path}"
