@@ -95,6 +95,8 @@ def make_corpus(root: Path) -> dict[str, str | None]:
     put("tiny.webp", _enc(_rgb(), "WEBP"))
     put("scan.tiff", _enc(_rgb(), "TIFF"))
     put("spaces and ünïcode.png", good_png)
+    # 87 bytes that resized whole took ~154 MiB (issue 13): now only the crop is resized
+    put("thin_1x2000.png", _enc(Image.new("L", (1, 2000), 128), "PNG", optimize=True))
     # a file name that is not UTF-8: the id spells the byte as \xe9
     (d / os.fsdecode(b"caf\xe9.png")).write_bytes(good_png)
     expect["odd/caf\\xe9.png"] = None
@@ -106,6 +108,8 @@ def make_corpus(root: Path) -> dict[str, str | None]:
     put("zero_bytes.jpg", b"", "empty file")
     put("text.jpg", b"this is a shopping list, not a photo\n", "not an image")
     put("bomb.png", _png_bomb(20000, 20000), "decompression bomb")
+    # a format PIL reads but colhead does not list (PIL would try ~40; issue 13)
+    put("targa.jpg", _enc(_rgb(), "TGA"), "not an image in a format colhead reads")
     put("bomb.jpg", _jpeg_bomb(20000, 20000), "decompression bomb")
     os.symlink("loop.jpg", d / "loop.jpg")  # a link to itself
     expect["odd/loop.jpg"] = "symbolic links"
@@ -210,6 +214,8 @@ CSV_ERRORS = {
     "same path twice": ("path,label\nim0.png,a\n./im0.png,a\n", "more than once"),
     "NUL byte": ("path,label\nim0.png,a\x00b\n", "NUL byte"),
     "no rows": ("path,label\n", "lists no images"),
+    # an AttributeError traceback before issue 13
+    "unquoted comma": ("path,label\nim0.png,a\nim1.png,big, wet\n", "line 3: 3 fields"),
 }
 
 
@@ -267,3 +273,24 @@ def test_a_csv_with_missing_files_and_new_labels(zygote, tmp_path):
     assert c.classes == ["cat", "dog", "zebra"]
     assert [c.classes[i] for i in c.labels] == ["cat", "dog", "zebra"]
     FIGURES["CSV lists with missing files and new labels (converted)"] += 1
+
+
+# --- split folders (issue 11) ----------------------------------------------------------------
+
+
+def test_a_split_folder_needs_split_and_extracts_only_that_split(zygote, tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _images(tmp_path / "data" / split / cls, n=2)
+    out = tmp_path / "c.h5"
+    r = zygote.run(extract_argv(out, f"folder:{tmp_path / 'data'}"))
+    r.assert_no_crash()
+    assert r.rc == 1 and "has splits test, train; choose one with --split" in r.err, r.describe()
+    r = zygote.run(extract_argv(out, f"folder:{tmp_path / 'data'}") + ["--split", "val"])
+    assert r.rc == 1 and "no split 'val'; its splits are test, train" in r.err, r.describe()
+    assert not out.exists()
+    r = zygote.run(extract_argv(out, f"folder:{tmp_path / 'data'}") + ["--split", "train"])
+    assert r.rc == 0, r.describe()
+    c = open_cache(out)
+    assert len(c) == 4 and all(i.startswith("train/") for i in c.ids)
+    assert sorted(c.classes) == ["a", "b"]
