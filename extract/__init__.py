@@ -14,7 +14,7 @@ import types
 
 from .._device import resolve_device, resolve_precision
 from . import _columns, _external  # noqa: F401  (they register their columns)
-from ._datasets import Dataset, parse_dataset
+from ._datasets import Dataset, dataset_splits, parse_dataset
 from ._embedder import Embedder
 from ._extractor import extract
 from ._images import BadImage, decode, from_array
@@ -41,6 +41,7 @@ __all__ = [
     "Embedder",
     "ExtractResult",
     "Preprocess",
+    "dataset_splits",
     "decode",
     "describe_columns",
     "default_cache_dir",

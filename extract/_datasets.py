@@ -19,9 +19,9 @@ from . import _parquet as columnar
 from . import _sources_builtin as builtin
 from . import _sources_files as files
 from . import _wds as wds
-from ._source import Dataset, split_query
+from ._source import Dataset, SplitRequired, split_query
 
-__all__ = ["DATASETS", "Dataset", "DatasetKind", "parse_dataset"]
+__all__ = ["DATASETS", "Dataset", "DatasetKind", "dataset_splits", "parse_dataset"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class DatasetKind:
     help: str
     options: tuple[str, ...] = ()
     query: tuple[str, ...] = ()  # keys the spec's ?query may set (options, and "split")
+    splits: tuple[str, ...] = ()  # fixed splits of a built-in data set (others find theirs)
 
 
 COLUMN_OPTIONS = ("path_col", "label_col", "split_col", "image_col")
@@ -83,25 +84,32 @@ DATASETS: dict[str, DatasetKind] = {
             ("image_col", "label_col", "split"),
         ),
         DatasetKind(
-            "digits", builtin.digits, "digits", "scikit-learn's 8x8 digits (train, test, all)"
+            "digits",
+            builtin.digits,
+            "digits",
+            "scikit-learn's 8x8 digits (train, test, all)",
+            splits=("train", "test"),
         ),
         DatasetKind(
             "elpv",
             builtin.elpv,
             "elpv[:defect|binary|type]",
             "solar cells from the elpv-dataset package (train, test: seeded 75/25; all)",
+            splits=("train", "test"),
         ),
         DatasetKind(
             "fashion-mnist",
             builtin.fashion_mnist,
             "fashion-mnist",
             "Debian's /usr/share/datasets/fashion-mnist, else torchvision (train, test)",
+            splits=("train", "test"),
         ),
         DatasetKind(
             "flowers102",
             builtin.flowers102,
             "flowers102[:ROOT]",
             "torchvision's Oxford Flowers-102 layout (train, val, test)",
+            splits=("train", "val", "test"),
         ),
     )
 }
@@ -158,6 +166,22 @@ def parse_dataset(
             )
     options = {"allow_absolute": allow_absolute, **given}
     return kind.build(arg, split, **{k: v for k, v in options.items() if k in kind.options})
+
+
+def dataset_splits(spec: str, **options) -> list[str]:
+    """The splits a spec offers (``[]`` when it has none), e.g. to compare on train and test.
+
+    A folder with ``train/`` and ``test/`` gives ``["test", "train"]``; ``digits`` gives
+    ``["train", "test"]``; a flat folder gives ``[]``. Options are those of ``parse_dataset``.
+    """
+    kind = DATASETS.get(spec.partition(":")[0])
+    if kind is not None and kind.splits:
+        return list(kind.splits)
+    try:
+        parse_dataset(spec, **options)
+    except SplitRequired as e:
+        return e.splits
+    return []
 
 
 def describe_datasets() -> str:

@@ -144,6 +144,14 @@ def is_split_name(name: str) -> bool:
     return any(name.lower() in group for group in SPLIT_ALIASES)
 
 
+class SplitRequired(ValueError):
+    """A source with splits was asked for without one; ``splits`` names them."""
+
+    def __init__(self, message: str, splits: list[str]):
+        super().__init__(message)
+        self.splits = list(splits)
+
+
 def pick_split(where: str, split: str | None, names: list[str]) -> str:
     """The split of ``names`` that ``split`` asks for (``val`` finds ``validation``), or "all".
 
@@ -152,9 +160,10 @@ def pick_split(where: str, split: str | None, names: list[str]) -> str:
     """
     listed = ", ".join(names)
     if split is None:
-        raise ValueError(
+        raise SplitRequired(
             f"{where} has splits {listed}; choose one with --split (e.g. --split {names[0]}), "
-            "or --split all for every split."
+            "or --split all for every split.",
+            names,
         )
     if split == "all" or split in names:
         return split

@@ -241,3 +241,14 @@ def test_guarded_reader_refuses_pipes_devices_and_huge_files(tmp_path):
     with pytest.raises(OSError, match="1000 bytes, more than") as e:
         read_image_file(tmp_path / "big.png", max_bytes=999)
     assert read_image_file(tmp_path / "big.png") == b"x" * 1000
+
+
+def test_dataset_splits_names_what_a_spec_offers(split_folder, image_folder):
+    from colhead.extract import dataset_splits
+
+    assert dataset_splits(f"folder:{split_folder}") == ["test", "train", "validation"]
+    assert dataset_splits(f"folder:{image_folder}") == []
+    assert dataset_splits("digits") == ["train", "test"]
+    csv = image_folder / "meta.csv"
+    csv.write_text("path,fold\ncat/cat0.jpg,train\ndog/dog1.png,test\n")
+    assert dataset_splits(f"csv:{csv}", split_col="fold") == ["test", "train"]
