@@ -184,7 +184,10 @@ def extract_ray(
 
 
 def _connect(address: str | None):
-    """Join (or start) Ray once per process, quietly."""
+    """Join (or start) Ray once per process, quietly; a Ray on this machine stays on loopback."""
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target in (None, "", "local") or _is_loopback(target):
+        _keep_loopback()
     import ray
     import ray.data
 
@@ -195,13 +198,51 @@ def _connect(address: str | None):
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(**kw)  # Ray's own convention: the environment names the cluster
         else:
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kw)
+            # A private Ray: its GCS, raylet and workers listen on 127.0.0.1 only.
+            ray.init(
+                address="local",
+                num_cpus=os.cpu_count() or 1,
+                _node_ip_address="127.0.0.1",
+                **kw,
+            )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # colhead shows one bar of its own, on the driver
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
+
+
+def _is_loopback(address: str) -> bool:
+    """True for ``127.0.0.1:6379``, ``localhost:6379``, ``[::1]:6379``: this machine's loopback."""
+    import ipaddress
+
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keep_loopback() -> None:
+    """Stop Ray from swapping 127.0.0.1 for this machine's network address, in this process.
+
+    On Linux Ray replaces a loopback node or cluster address by the interface address (so that
+    other machines could join): a private Ray would then listen on the network, and
+    ``--ray-address 127.0.0.1:PORT`` would dial an address where a loopback cluster does not
+    listen. Ray's single-machine switch, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, keeps loopback
+    as it is; Ray reads it once, at import, so set it before, or on Ray's constant when Ray is
+    already imported. A value the user set is left alone. See docs/scaling.md (one machine).
+    """
+    import sys
+
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") != "0":
+        return
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def _probe(column, device, precision, weights):

@@ -145,10 +145,17 @@ RAY_KILLS = 2  # by default: each Ray run costs seconds of imports and start-up
 def ray_cluster():
     """One local Ray (2 CPUs) that every killed and resumed run joins by address."""
     ray = pytest.importorskip("ray")
-    pytest.importorskip("colhead.extract._ray")
+    _ray = pytest.importorskip("colhead.extract._ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+        _ray._keep_loopback()  # on 127.0.0.1 only, as colhead's own local Ray (issue 13)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+        )
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
