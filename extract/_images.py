@@ -83,16 +83,21 @@ def decode(data: bytes, pre: Preprocess, *, draft: bool = True) -> np.ndarray:
 
 def from_array(arr: np.ndarray, pre: Preprocess) -> np.ndarray:
     """An in-memory image (H, W) grey or (H, W, 3) RGB, any numeric dtype -> preprocessed uint8."""
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint8:
-        arr = _to_uint8(arr.astype(np.float32))
-    if arr.ndim == 2:
-        img = Image.fromarray(arr, "L")
-    elif arr.ndim == 3 and arr.shape[2] == 3:
-        img = Image.fromarray(arr, "RGB")
-    else:
-        raise BadImage(f"array of shape {arr.shape} is not an image")
-    return _rgb_array(resize_crop(img, pre))
+    try:
+        arr = np.asarray(arr)
+        if arr.dtype != np.uint8:
+            arr = _to_uint8(arr.astype(np.float32))  # float32, scaled in place: no float64 copy
+        if arr.ndim == 2:
+            img = Image.fromarray(arr, "L")
+        elif arr.ndim == 3 and arr.shape[2] == 3:
+            img = Image.fromarray(arr, "RGB")
+        else:
+            raise BadImage(f"array of shape {arr.shape} is not an image")
+        return _rgb_array(resize_crop(img, pre))
+    except BadImage:
+        raise
+    except Exception as e:  # as in decode: this image fails, not the batch
+        raise BadImage(f"cannot convert the array: {type(e).__name__}: {str(e)[:160]}") from None
 
 
 def _to_uint8(a: np.ndarray, hi: float | None = None) -> np.ndarray:

@@ -286,3 +286,8 @@ def test_any_exception_while_decoding_is_a_bad_image(monkeypatch, exc):
     monkeypatch.setattr(ImageFile.ImageFile, "load", boom)
     with pytest.raises(BadImage, match=f"cannot decode: {type(exc).__name__}"):
         decode(enc(rgb(), "PNG"), PRE)
+
+
+def test_an_array_that_cannot_be_converted_is_a_bad_image():
+    with pytest.raises(BadImage, match="cannot convert the array: ValueError"):
+        from_array(np.array([["a", "b"], ["c", "d"]], dtype=object), PRE)
