@@ -125,3 +125,13 @@ def test_without_pyarrow_the_error_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(ImportError, match=r"pip install 'colhead\[parquet\]'"):
         parse_dataset(f"parquet:{tmp_path}/x.parquet")
+
+
+def test_a_parquet_dataset_pickles_without_its_loaded_row_group(image_folder, tmp_path):
+    import pickle
+
+    pq.write_table(hf_table(folder_rows(image_folder)), tmp_path / "d.parquet")
+    ds = parse_dataset(f"parquet:{tmp_path / 'd.parquet'}")
+    first = ds.read(0)  # loads a row group into this process
+    blob = pickle.dumps(ds)
+    assert len(blob) < 4096 and pickle.loads(blob).read(0) == first

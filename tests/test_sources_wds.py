@@ -106,3 +106,11 @@ def test_member_size_limit(shards, monkeypatch):
 def _member(tar_bytes: bytes, name: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
         return tf.extractfile(name).read()
+
+
+def test_a_shard_dataset_pickles_small_for_workers_and_ray(shards):
+    import pickle
+
+    ds = parse_dataset(f"wds:{shards}/train-{{000..001}}.tar")
+    blob = pickle.dumps(ds)
+    assert len(blob) < 4096 and pickle.loads(blob).read(5) == ds.read(5)
