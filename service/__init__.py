@@ -6,6 +6,7 @@ they are imported only when ``create_app`` or ``run`` is first used, so ``import
 colhead.service`` works on the core install.
 """
 
+from ._batch import predict_dataset, write_csv
 from ._batcher import Batcher, BatcherStopped, ForwardError, QueueFull
 from ._limits import check_bind
 from ._predictor import HeadColumnMismatch, Predictor, head_meta, read_image_file
@@ -21,8 +22,10 @@ __all__ = [
     "check_bind",
     "create_app",
     "head_meta",
+    "predict_dataset",
     "read_image_file",
     "run",
+    "write_csv",
 ]
 
 

@@ -67,7 +67,7 @@ class Predictor:
         head_path: a head file written by ``colhead heads --save`` / ``compare``.
         column: the column to use; must be the head's (default: the head's own).
         embedder: an already loaded Embedder to share (the service passes its own).
-        device, precision: for the column when it is loaded here.
+        device, precision, backend: for the column when it is loaded here.
         load_column: False skips loading the column (for vectors from a cache); ``predict``
             then needs ``embedder``.
 
@@ -84,11 +84,13 @@ class Predictor:
         embedder=None,
         device: str = "auto",
         precision: str = "auto",
+        backend: str = "auto",
         load_column: bool = True,
     ):
         from ..heads import load_head
 
         self.path = Path(head_path)
+        _check_head_file(self.path)
         self.head, self.meta = load_head(self.path)
         want = self.meta.get("column")
         if not want or not self.meta.get("column_key"):
@@ -103,7 +105,7 @@ class Predictor:
         if embedder is None and load_column:
             from ..extract import Embedder
 
-            embedder = Embedder(want, device=device, precision=precision)
+            embedder = Embedder(want, device=device, precision=precision, backend=backend)
         self.embedder = embedder
         if embedder is not None and embedder.column_key != self.meta["column_key"]:
             raise HeadColumnMismatch(
@@ -161,7 +163,7 @@ class Predictor:
                     arrays.append(self.embedder.preprocess(load_image(_call(item))))
                     ok.append(k)
                 except Exception as e:  # noqa: BLE001 - per image: see the docstring
-                    answers[k] = {"error": _reason(e)}
+                    answers[k] = {"error": failure_reason(e)}
             if ok:
                 feats = self.embedder.forward(np.stack(arrays))
                 for k, answer in zip(ok, self.predict_features(feats, top=top)):
@@ -186,11 +188,35 @@ class Predictor:
         return out
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_head_file(path: Path) -> None:
+    """Say what a file is when it is not a head file (an .npz is a zip archive)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except OSError:
+        return  # load_head says why it cannot be read
+    if magic.startswith(_HDF5_MAGIC):
+        raise ValueError(
+            f"{path} is a feature cache (HDF5), not a head file. Train and save a head on it "
+            "with `colhead heads --train CACHE --test CACHE --save DIR`, then pass the saved "
+            ".npz file with --head-file."
+        )
+    if magic and not magic.startswith(_ZIP_MAGIC):
+        raise ValueError(
+            f"{path} is not a colhead head file: a head file is the .npz (zip) archive that "
+            "`colhead heads --save DIR` or `colhead compare` writes."
+        )
+
+
 def _call(item):
     return item() if callable(item) else item
 
 
-def _reason(e: Exception) -> str:
+def failure_reason(e: Exception) -> str:
     """The recorded reason for one failed image: BadImage's own words, else the error's."""
     from ..extract import BadImage
 
