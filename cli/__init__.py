@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         ColumnUnavailableError,
         BadImage,
         ConnectionError,  # --engine ray --ray-address to a cluster that is not there
+        ImportError,  # an optional dependency a data source needs (parquet: without pyarrow)
     )
     try:
         code = args.func(args)

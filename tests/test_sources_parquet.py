@@ -135,3 +135,12 @@ def test_a_parquet_dataset_pickles_without_its_loaded_row_group(image_folder, tm
     first = ds.read(0)  # loads a row group into this process
     blob = pickle.dumps(ds)
     assert len(blob) < 4096 and pickle.loads(blob).read(0) == first
+
+
+def test_the_cli_says_what_to_install_without_a_traceback(monkeypatch, tmp_path, capsys):
+    from colhead.cli import main
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    argv = ["extract", "--column", "tiny", "--data", f"parquet:{tmp_path}/x.parquet"]
+    assert main(argv + ["--out", str(tmp_path / "c.h5")]) == 1
+    assert "error: Reading parquet: and hf: data needs pyarrow" in capsys.readouterr().err
