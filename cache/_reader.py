@@ -7,7 +7,9 @@ Three things make a read fast (issue 14; ``python bench/cache.py`` measures them
 * A complete cache whose writer froze it (``_freeze``) keeps its features in one contiguous
   block: they are memory-mapped (copy-on-write, so the array behaves as one in memory), and
   pages are read from the page cache when first touched, without a copy.
-* Ids and hashes are read in one pass as bytes and decoded to ``str`` when first used.
+* Ids and hashes are read in one pass as bytes and decoded to ``str`` when first used; for a
+  frozen cache they are even read when first used, from the file that was opened (its ids
+  and hashes never change: see ``_Later``).
 
 Reads stay safe while a writer appends (SWMR): only the rows counted in ``/commit`` are read,
 and a torn read of the ids' heap is retried (``_h5.swmr_retry``).
@@ -18,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import mmap as _mmap
 import os
+import weakref
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from . import _flags, _h5
+from . import _h5
 from ._format import (
     C_CLASSES,
     C_COMPLETE,
@@ -76,6 +79,7 @@ class FeatureCache:
         self.labels = labels
         self._ids = ids  # bytes or str; decoded once, on first use
         self._hashes = hashes
+        self._later: _Later | None = None  # reads ids and hashes when first asked for
         self.classes = classes
         self.identity = identity
         self.metadata = metadata
@@ -87,6 +91,7 @@ class FeatureCache:
 
     @property
     def ids(self) -> np.ndarray:
+        self._load()
         self._ids = _decoded(self._ids)
         return self._ids
 
@@ -96,6 +101,7 @@ class FeatureCache:
 
     @property
     def hashes(self) -> np.ndarray:
+        self._load()
         self._hashes = _decoded(self._hashes)
         return self._hashes
 
@@ -103,8 +109,17 @@ class FeatureCache:
     def hashes(self, value) -> None:
         self._hashes = value
 
+    def _load(self) -> None:
+        if self._later is not None:
+            self._ids, self._hashes = self._later.read()
+            self._later = None
+
+    def __getstate__(self) -> dict:  # pickle, copy: ids and hashes travel, not a descriptor
+        self._load()
+        return self.__dict__
+
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self.labels)
 
     def __repr__(self) -> str:
         return (
@@ -196,15 +211,13 @@ def _read(path: Path, dtype, require_complete: bool, include_stale: bool, mmap: 
             sel = None if include_stale else np.flatnonzero(f["live"][:n])
             if sel is not None and len(sel) == n:
                 sel = None  # every row live: no selection, no copy
-            features = _features(f, path, n, sel, dtype, mmap)
+            features, mapped = _features(f, path, n, sel, dtype, mmap)
             labels = _rows(f["labels"], n, sel)
-            ids = _rows(f["ids"], n, sel)  # bytes objects; decoded when first used
-            hashes = _rows(f["hashes"], n, sel)
+            later = _Later(path, f.id.get_vfd_handle(), n, sel) if mapped else None
+            ids = None if later else _rows(f["ids"], n, sel)  # bytes; decoded when first used
+            hashes = None if later else _rows(f["hashes"], n, sel)
             classes = [str(c) for c in f["classes"].asstr()[:nc]]
-            g = f["skipped"]
-            s_live = g["live"][:m].astype(bool)
-            s_ids = g["ids"].asstr()[:m]
-            s_reasons = g["reasons"].asstr()[:m]
+            skipped = _skipped(f["skipped"], m) if m else []
         except (OSError, ValueError) as e:
             raise _h5.TornRead(  # retried; raised as the CacheError it is if it persists
                 f"{path}: reading its arrays failed ({_h5.reason(e)}); the file is corrupt. "
@@ -212,7 +225,7 @@ def _read(path: Path, dtype, require_complete: bool, include_stale: bool, mmap: 
             ) from None
     if len(labels) and (labels.max() >= len(classes) or labels.min() < -1):
         raise CacheError(f"{path}: labels fall outside its {len(classes)} classes; corrupt.")
-    return FeatureCache(
+    c = FeatureCache(
         path=path,
         features=features,
         labels=labels,
@@ -221,12 +234,58 @@ def _read(path: Path, dtype, require_complete: bool, include_stale: bool, mmap: 
         classes=classes,
         identity=identity,
         metadata=metadata,
-        skipped=[(str(i), str(r)) for i, r, lv in zip(s_ids, s_reasons, s_live) if lv],
+        skipped=skipped,
         complete=complete,
         finished_at=float(commit[C_FINISHED]),
         config_key=config_key(identity),
         column_key=column_key(identity),
     )
+    c._later = later
+    return c
+
+
+def _skipped(g: h5py.Group, m: int) -> list[tuple[str, str]]:
+    live, ids, reasons = g["live"][:m], g["ids"].asstr()[:m], g["reasons"].asstr()[:m]
+    return [(str(i), str(r)) for i, r, lv in zip(ids, reasons, live) if lv]
+
+
+class _Later:
+    """Reads a frozen cache's ids and hashes when they are first asked for.
+
+    From a duplicate of the descriptor the cache was opened with (h5py reads a Python file
+    object), so from that very file even if another was renamed over its path since. Its ids
+    and hashes never change: rows are only ever added to a frozen cache after it was rewritten
+    aside and renamed (``_freeze.thaw``). Most readers (heads) never ask for them at all.
+    """
+
+    def __init__(self, path: Path, fd: int, n: int, sel: np.ndarray | None):
+        self.path, self.n, self.sel = path, n, sel
+        self.fd = os.dup(fd)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            with os.fdopen(os.dup(self.fd), "rb") as fo:
+                try:
+                    f = h5py.File(fo, "r", locking=False)
+                except OSError:  # an HDF5 that refuses a file a writer has open, unless SWMR
+                    f = self._swmr()
+                with f:
+                    return _rows(f["ids"], self.n, self.sel), _rows(f["hashes"], self.n, self.sel)
+        except (*_h5.READ_ERRORS, CacheError) as e:
+            raise CacheError(
+                f"{self.path}: reading its ids failed ({_h5.reason(e)}); the file is corrupt. "
+                "Run `colhead cache verify` on it."
+            ) from None
+        finally:
+            self._close()
+
+    def _swmr(self) -> h5py.File:
+        """The same file through its path, SWMR-aware, if no other was renamed over it."""
+        st, now = os.fstat(self.fd), os.stat(self.path)
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            raise CacheError(f"{self.path} was replaced and the ids of the file read are gone")
+        return _h5.open_read(self.path)
 
 
 def _rows(ds: h5py.Dataset, n: int, sel: np.ndarray | None) -> np.ndarray:
@@ -234,21 +293,21 @@ def _rows(ds: h5py.Dataset, n: int, sel: np.ndarray | None) -> np.ndarray:
     return a if sel is None else a[sel]
 
 
-def _features(f: h5py.File, path: Path, n: int, sel, dtype, mmap: bool) -> np.ndarray:
-    """Rows ``[:n]`` (then ``sel``) of /features as ``dtype``: memory-mapped or read directly."""
+def _features(f: h5py.File, path: Path, n: int, sel, dtype, mmap: bool):
+    """Rows ``[:n]`` (then ``sel``) of /features as ``dtype``, and whether they are mapped."""
     ds = _uncached(f, "features")
     stored = ds.dtype
     want = stored if dtype is None else np.dtype(dtype)
     if mmap and want == stored:
         mapped = _mapped(f, path, ds, n)
         if mapped is not None:
-            return mapped if sel is None else mapped[sel]
+            return (mapped if sel is None else mapped[sel]), True
     out = np.empty((n, ds.shape[1]), stored)
     if n:
         ds.read_direct(out, np.s_[:n], np.s_[:n])
     if sel is not None:
         out = out[sel]
-    return out if want == stored else out.astype(want)
+    return (out if want == stored else out.astype(want)), False
 
 
 def _uncached(f: h5py.File, name: str) -> h5py.Dataset:
@@ -266,15 +325,13 @@ def _uncached(f: h5py.File, name: str) -> h5py.Dataset:
 def _mapped(f: h5py.File, path: Path, ds: h5py.Dataset, n: int) -> np.ndarray | None:
     """A copy-on-write memory map of rows ``[:n]``, when the file keeps them contiguous.
 
-    Only for a contiguous, allocated, native-order dataset in a file no writer has open:
-    then its bytes never change (a writer that appends first rewrites the file aside and
-    renames it, see ``_freeze.thaw``; a mapping keeps the old file). The map is made from
-    HDF5's own descriptor, so it is the very file whose header was just checked, even if
-    another one was renamed over the path meanwhile.
+    Only for a contiguous, allocated, native-order dataset: its bytes never change, even
+    while a writer has the file open (a writer that appends first rewrites the file aside
+    and renames it, see ``_freeze.thaw``; a mapping keeps the old file). The map is made
+    from HDF5's own descriptor, so it is the very file whose header was just checked, even
+    if another one was renamed over the path meanwhile.
     """
     if n == 0 or ds.chunks is not None or ds.dtype.byteorder == ">":
-        return None
-    if _flags.write_flags(path):  # a writer has it open (SWMR): read through HDF5
         return None
     offset = ds.id.get_offset()
     fd = f.id.get_vfd_handle()

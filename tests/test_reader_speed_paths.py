@@ -5,13 +5,15 @@ chunked caches still being written, chunked with Fletcher-32 checksums, with sta
 both stored dtypes. Speed itself is measured by ``bench/cache.py``, never asserted here.
 """
 
+import io
 import mmap
+import os
 
 import h5py
 import numpy as np
 import pytest
 
-from colhead.cache import CacheWriter, open_cache, verify_cache
+from colhead.cache import CacheError, CacheWriter, open_cache, verify_cache
 from colhead.cache._freeze import CRC
 
 DIM = 6
@@ -162,3 +164,45 @@ def test_ids_and_hashes_are_str_and_the_fingerprint_is_stable(tmp_path):
     assert all(type(h) is str for h in c.hashes)
     assert c.fingerprint == open_cache(p, mmap=False).fingerprint
     assert len(c) == 5 and c.dim == DIM and "5 x 6 float32" in repr(c)
+
+
+def test_ids_of_a_frozen_cache_read_later_come_from_the_file_that_was_opened(tmp_path):
+    p = write(tmp_path / "c.h5", range(8))
+    early, late = open_cache(p), open_cache(p)
+    with CacheWriter(p, identity=IDENT, metadata={}, dim=DIM) as w:  # a writer has it open
+        expect(early, range(8))  # ids read while a writer has the file open
+        w.mark_incomplete()
+        w.append(["item/0008.png"], [sha(8)], [(0, 0)], [0], vec(8)[None])  # thaws: a new file
+        w.finish()
+    expect(late, range(8))
+    first = open_cache(p)
+    write(tmp_path / "other.h5", range(100, 108))
+    os.replace(tmp_path / "other.h5", p)
+    expect(first, range(9))  # ids of the file it opened, not of the one renamed over it
+    expect(open_cache(p), range(100, 108))
+    import pickle
+
+    again = pickle.loads(pickle.dumps(open_cache(p)))  # ids travel, not the descriptor
+    expect(again, range(100, 108))
+
+
+def test_ids_read_later_through_swmr_when_a_plain_open_is_refused(tmp_path, monkeypatch):
+    """Older HDF5 refuses a plain open of a file a writer has open: then SWMR, same file."""
+    from colhead.cache import _reader
+
+    p = write(tmp_path / "c.h5", range(8))
+    c, gone = open_cache(p), open_cache(p)
+    plain = h5py.File
+
+    def refuse(name, *a, **k):
+        if isinstance(name, io.IOBase):  # the reader's file object, not the writer's
+            raise OSError("file is already open for write")
+        return plain(name, *a, **k)
+
+    monkeypatch.setattr(_reader.h5py, "File", refuse)
+    with CacheWriter(p, identity=IDENT, metadata={}, dim=DIM):
+        expect(c, range(8))
+    write(tmp_path / "other.h5", range(3))
+    os.replace(tmp_path / "other.h5", p)
+    with pytest.raises(CacheError, match="was replaced"):
+        list(gone.ids)
