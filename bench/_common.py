@@ -194,3 +194,40 @@ def jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+# -- camera-like JPEGs (issue 14): real photos at camera sizes ----------------------------------
+CAMERA_SIZES = ((640, 480), (1600, 1200), (4000, 3000))
+
+
+def write_camera_jpegs(folder: Path, n: int, mix=(0.6, 0.3, 0.1), quality: int = 90) -> list[Path]:
+    """``n`` JPEGs cut from sklearn's two sample photos (real image statistics), resized to a mix
+    of 640x480, 1600x1200 and 4000x3000, with sensor-like noise, in two class folders."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    srcs = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
+    rng = np.random.default_rng(0)
+    counts = [round(n * m) for m in mix]
+    counts[0] += n - sum(counts)
+    sizes = [s for s, k in zip(CAMERA_SIZES, counts) for _ in range(k)]
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        a = srcs[i % 2]
+        ch, cw = int(a.shape[0] * rng.uniform(0.6, 1.0)), int(a.shape[1] * rng.uniform(0.6, 1.0))
+        y, x = rng.integers(0, a.shape[0] - ch + 1), rng.integers(0, a.shape[1] - cw + 1)
+        crop = a[y : y + ch, x : x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        img = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((w, h), Image.BICUBIC))
+        noisy = img.astype(np.int16) + rng.integers(-4, 5, img.shape, dtype=np.int16)
+        p = folder / f"c{i % 2}" / f"img{i:04d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(p, "JPEG", quality=quality)
+        paths.append(p)
+    return paths
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min)"

@@ -1,24 +1,39 @@
-"""Extraction speed side by side: the usual way against colhead's extractor, same column, images.
+"""Extraction speed, whole process, side by side: the usual loop, a tuned loop, timm, colhead.
 
-(a) the usual way: PIL full decode, torchvision Resize(256, bicubic) + CenterCrop(224) + ToTensor +
-    Normalize, a DataLoader with batch 32 and 2 workers, fp32 forward of the same timm model;
-(b) ``colhead.extract(...)`` with default settings into a fresh cache (auto precision: bf16 +
-    channels_last on a CPU with native bf16), vectors read back with ``open_cache``.
+On the same camera-like JPEGs (sklearn's sample photos cut and resized to a mix of 640x480,
+1600x1200 and 4000x3000), each row is one whole process, timed from launch to exit (imports and
+the model build included), so start-up counts as a user feels it:
 
-Both are timed end to end (model build included) and interleaved, a b a b ..., on two image sets:
-generated 2000x1500 photo-like JPEGs and real 300x300 elpv PNGs. The fast path's vectors are
-checked against (a)'s fp32 vectors: cosine similarity per row, and the accuracy of the same
-logistic-regression probe (colhead's LogRegHead) trained on elpv train and scored on elpv test.
+  usual    the loop as users write it: PIL ``Image.open().convert("RGB")``, torchvision Resize +
+           CenterCrop + ToTensor + Normalize, DataLoader(batch 32, 2 workers), fp32 forward of
+           the same timm model, torch's default threads;
+  tuned    the same loop set for the cores: 1 torch thread + 2 decode workers (on 2 cores this
+           beat 2 threads + 2 workers, whose forward stalls whenever a worker preempts a thread);
+  timm     timm's own ``inference.py`` (bf16 autocast, channels_last), from a fetched copy of the
+           timm repository (``--timm-repo`` or ``$TIMM_REPO``; skipped with a message when absent);
+  colhead  ``colhead extract`` with every backend (``--backend torch`` and ``openvino``), defaults
+           otherwise, into a fresh cache each run (the converted OpenVINO model is reused, as a
+           user's second run reuses it; the conversion is timed apart, in the start-up section).
 
-    python bench/extract.py            # ~3 minutes on 2 cores
-    python bench/extract.py --quick    # ~1 minute
+Every row gets an untimed warm-up run, then rounds in alternating order (a b c ... c b a), and
+the median of the rounds is reported with the spread (min-max). Then: the cosine of each row's
+vectors to the usual fp32 vectors, and a linear probe (LogRegHead) on elpv with the vectors of
+each backend against fp32; and the start-up: what ``colhead extract`` spends before the first
+image, for 10 images.
+
+    python bench/extract.py              # ~5 minutes on 2 cores
+    python bench/extract.py --quick      # ~1.5 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,118 +41,206 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+HERE = Path(__file__).resolve()
+BACKENDS = ("torch", "openvino")
 
-def side_by_side(name: str, ds, tmp: Path, repeats: int, warmup: bool = False) -> dict:
-    """Time (a) and (b) interleaved on ``ds``; print images/s, the ratio and vector agreement."""
-    out = tmp / f"{name}.h5"
-    runs = C.interleaved(
-        {
-            "usual": lambda: C.usual_extract(ds, workers=2),
-            "colhead": lambda: C.colhead_extract(ds, out),
-        },
-        repeats,
-        warmup=warmup,
-    )
-    n = len(ds)
-    usual, (fast, res) = runs["usual"]["result"], runs["colhead"]["result"]
-    a, b = n / runs["usual"]["median"], n / runs["colhead"]["median"]
-    cos = C.cosine_rows(fast, usual)
-    print(
-        f"{name}: {n} images, median of {repeats}\n"
-        f"  (a) usual way, fp32       {a:8.1f} img/s   runs {_fmt(runs['usual']['times'])}\n"
-        f"  (b) colhead, {res.precision:<12} {b:8.1f} img/s   runs {_fmt(runs['colhead']['times'])}"
-        f"   (last run: read {res.read_s:.1f} s, column {res.column_s:.1f} s, write "
-        f"{res.write_s:.2f} s)\n"
-        f"  ratio (b)/(a)             {b / a:8.2f}x   (per round: "
-        + " ".join(
-            f"{u / c:.2f}x" for u, c in zip(runs["usual"]["times"], runs["colhead"]["times"])
+
+# -- rows: each runs as its own process ---------------------------------------------------------
+def row_usual(data: Path, save: Path, threads: int | None) -> None:
+    """The usual loop (threads=None: torch's default, as users leave it)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    ds = C.folder_dataset(data)
+    np.save(save, C.usual_extract(ds, workers=2))
+
+
+def timm_checkpoint(path: Path) -> Path:
+    """The default column's weights as a timm checkpoint (with classifier) for inference.py."""
+    import torch
+
+    from colhead.extract._columns import build_efficientnet_lite
+
+    if not path.exists():
+        model, _, _ = build_efficientnet_lite(0, keep_classifier=True)
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def commands(row: str, data: Path, out: Path, timm_repo: Path | None, ckpt: Path) -> list[str]:
+    py = sys.executable
+    if row in ("usual", "tuned"):
+        return [py, str(HERE), "--row", row, "--data", str(data), "--save", str(out) + ".npy"]
+    if row == "timm":
+        return [py, str(timm_repo / "inference.py"), str(data), "--model", "tf_efficientnet_lite0",
+                "--checkpoint", str(ckpt), "--device", "cpu", "--amp", "--amp-dtype", "bfloat16",
+                "--channels-last", "-b", "32", "-j", "2", "--results-dir", str(out.parent),
+                "--results-file", out.name + ".csv", "--log-freq", "1000"]  # fmt: skip
+    backend = row.split("-", 1)[1]
+    return [py, "-m", "colhead", "extract", "--data", f"folder:{data}", "--out", str(out) + ".h5",
+            "--backend", backend, "--no-progress"]  # fmt: skip
+
+
+def run_once(cmd: list[str], out: Path) -> float:
+    for suffix in (".h5", ".npy", ".csv"):
+        Path(str(out) + suffix).unlink(missing_ok=True)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{r.stderr[-2000:]}")
+    return dt
+
+
+def vectors(row: str, out: Path, ds) -> np.ndarray | None:
+    if row in ("usual", "tuned"):
+        return np.load(str(out) + ".npy")
+    if row.startswith("colhead"):
+        from colhead.cache import open_cache
+
+        c = open_cache(str(out) + ".h5", require_complete=True)
+        pos = {id_: i for i, id_ in enumerate(c.ids)}
+        return c.features[[pos[i] for i in ds.ids]]
+    return None  # timm's inference.py writes class scores, not vectors
+
+
+def side_by_side(rows, data: Path, tmp: Path, rounds: int, timm_repo, ckpt) -> dict:
+    cmds = {r: commands(r, data, tmp / r, timm_repo, ckpt) for r in rows}
+    times: dict[str, list[float]] = {r: [] for r in rows}
+    for r in rows:  # warm-up: page cache, .pyc files, the converted model
+        run_once(cmds[r], tmp / r)
+    for k in range(rounds):
+        for r in rows if k % 2 == 0 else rows[::-1]:
+            times[r].append(run_once(cmds[r], tmp / r))
+    return times
+
+
+def report(times: dict, n: int, ds, tmp: Path) -> dict[str, float]:
+    med = {r: statistics.median(t) for r, t in times.items()}
+    ref = vectors("usual", tmp / "usual", ds)
+    print(f"{'row':<18}{'median s':>9}{'spread s':>14}{'img/s':>8}{'vs usual':>9}{'vs tuned':>9}"
+          f"{'vs timm':>8}  cosine to fp32 (mean / min)")  # fmt: skip
+    for r, t in times.items():
+        v = vectors(r, tmp / r, ds)
+        cos = C.cosine_rows(v, ref) if v is not None else None
+        print(
+            f"{r:<18}{med[r]:9.2f}{f'{min(t):.2f}-{max(t):.2f}':>14}{n / med[r]:8.1f}"
+            f"{med['usual'] / med[r]:8.2f}x{med['tuned'] / med[r]:8.2f}x"
+            + (f"{med['timm'] / med[r]:7.2f}x" if "timm" in med else f"{'-':>8}")
+            + (f"  {cos.mean():.5f} / {cos.min():.5f}" if cos is not None else "  -")
         )
-        + ")\n"
-        f"  cosine (b) vs (a) fp32    mean {cos.mean():.5f}  min {cos.min():.5f}"
-    )
-    return {"usual": usual, "fast": fast, "ratio": b / a, "cos": cos}
+    return med
 
 
-def _fmt(times) -> str:
-    return " ".join(f"{t:.1f}s" for t in times)
+# -- start-up ----------------------------------------------------------------------------------
+STARTUP = r"""
+import sys, time
+t0 = time.perf_counter()
+import colhead.extract as E
+t1 = time.perf_counter()
+import torch
+t2 = time.perf_counter()
+emb = E.Embedder(device="cpu", backend=sys.argv[1], threads=int(sys.argv[2]))
+t3 = time.perf_counter()
+import numpy as np
+emb.forward(np.zeros((8, 224, 224, 3), np.uint8))
+t4 = time.perf_counter()
+print(f"{t1 - t0:.2f} {t2 - t1:.2f} {t3 - t2:.2f} {t4 - t3:.2f}")
+"""
 
 
-def probe(feats_usual, feats_fast, n_train: int, labels: np.ndarray, resplits: int) -> None:
-    """The same LogRegHead on both sets of vectors: on elpv's own train/test split (C swept on a
-    validation part of train), then the mean over seeded stratified re-splits of all the images
-    with that C fixed, which averages out which few test images happen to flip."""
-    from sklearn.model_selection import StratifiedShuffleSplit
+def startup(data10: Path, tmp: Path, rounds: int) -> None:
+    """Whole ``colhead extract`` on 10 images per backend, and where the time before the first
+    image goes (import colhead.extract, import torch, the column's build, a first batch)."""
+    py = sys.executable
+    print("\nstart-up: `colhead extract` of 10 camera JPEGs, whole process (median of rounds)")
+    for b in BACKENDS:
+        cmd = [py, "-m", "colhead", "extract", "--data", f"folder:{data10}", "--out",
+               str(tmp / f"s-{b}") + ".h5", "--backend", b, "--no-progress"]  # fmt: skip
+        run_once(cmd, tmp / f"s-{b}")
+        t = [run_once(cmd, tmp / f"s-{b}") for _ in range(rounds)]
+        parts = []
+        for _ in range(rounds):
+            r = subprocess.run([py, "-c", STARTUP, b, "1"], capture_output=True, text=True)
+            parts.append([float(v) for v in r.stdout.split()])
+        imp, tor, build, first = (statistics.median(p[i] for p in parts) for i in range(4))
+        print(
+            f"  {b:<9} {statistics.median(t):5.2f} s whole (spread {min(t):.2f}-{max(t):.2f}); "
+            f"before the first image: import colhead.extract {imp:.2f} s, import torch {tor:.2f}"
+            f" s, column build {build:.2f} s, first batch of 8 {first:.2f} s"
+        )
+    if "openvino" in BACKENDS:  # the one-time conversion, into an empty cache folder
+        env = {**os.environ, "COLHEAD_CACHE": str(tmp / "fresh-cache")}
+        r = subprocess.run([py, "-c", STARTUP, "openvino", "1"], capture_output=True, text=True,
+                           env=env)  # fmt: skip
+        print(f"  openvino, first use (converts the column once): build {r.stdout.split()[2]} s")
 
+
+# -- probe ---------------------------------------------------------------------------------------
+def probe(n_train: int, n_test: int) -> None:
+    """LogRegHead on elpv, on fp32 torch vectors and on each backend's default-precision vectors."""
+    from colhead.extract import Embedder
     from colhead.heads import LogRegHead
 
-    accs, preds, cs = {}, {}, {}
-    y_tr, y_te = labels[:n_train], labels[n_train:]
-    for name, f in (("usual fp32", feats_usual), ("colhead", feats_fast)):
-        head = LogRegHead(random_state=0).fit(f[:n_train], y_tr)
-        preds[name] = head.predict(f[n_train:])
-        accs[name], cs[name] = 100.0 * np.mean(preds[name] == y_te), head.C_
-        print(f"  probe accuracy, {name:<10} {accs[name]:6.2f}%  (C = {head.C_:g})")
-    diff = accs["colhead"] - accs["usual fp32"]
-    agree = 100.0 * np.mean(preds["colhead"] == preds["usual fp32"])
-    print(
-        f"  difference                {diff:+6.2f} points (one test image = "
-        f"{100 / len(y_te):.2f}); predictions agree on {agree:.1f}% of {len(y_te)} test images"
-    )
-    split = StratifiedShuffleSplit(resplits, test_size=len(y_te) / len(labels), random_state=0)
-    d = []
-    for tr, te in split.split(feats_usual, labels):
-        a = [
-            np.mean(
-                LogRegHead(C=cs["usual fp32"]).fit(f[tr], labels[tr]).predict(f[te]) == labels[te]
-            )
-            for f in (feats_usual, feats_fast)
-        ]
-        d.append(100.0 * (a[1] - a[0]))
-    print(
-        f"  over {resplits} seeded re-splits (C = {cs['usual fp32']:g} for both): colhead - usual "
-        f"= {np.mean(d):+.2f} +- {np.std(d) / np.sqrt(len(d)):.2f} points (mean +- s.e.)"
-    )
+    tr, te = C.elpv_subset("train", n_train), C.elpv_subset("test", n_test)
+    y_tr, y_te = np.array(tr.labels), np.array(te.labels)
+    runs = {"torch fp32": dict(precision="fp32", backend="torch")}
+    runs.update({f"{b} auto": dict(precision="auto", backend=b) for b in BACKENDS})
+    feats = {}
+    for name, kw in runs.items():
+        emb = Embedder(device="cpu", **kw)
+        feats[name] = [emb.embed(ds.paths)[0] for ds in (tr, te)]
+        label = f"{emb.backend} {emb.precision}"
+        head = LogRegHead(random_state=0).fit(feats[name][0], y_tr)
+        acc = 100 * np.mean(head.predict(feats[name][1]) == y_te)
+        cos = C.cosine_rows(feats[name][1], feats["torch fp32"][1])
+        print(f"  {name:<14} ({label:<14}) probe accuracy {acc:6.2f}%  cosine to fp32 "
+              f"{cos.mean():.5f} / {cos.min():.5f} (mean / min)")  # fmt: skip
+    print(f"  (elpv defect: {len(tr)} train / {len(te)} test images; one test image = "
+          f"{100 / len(te):.2f} points)")  # fmt: skip
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer images and one round")
-    p.add_argument("--jpegs", type=int, default=None, help="large JPEGs (default 96, quick 16)")
-    p.add_argument("--resplits", type=int, default=10, help="seeded re-splits for the probe")
-    p.add_argument("--train", type=int, default=None, help="elpv train images (600, quick 150)")
-    p.add_argument("--test", type=int, default=None, help="elpv test images (300, quick 100)")
-    p.add_argument("--repeats", type=int, default=None, help="rounds of a b (default 2, quick 1)")
+    p.add_argument("--quick", action="store_true", help="fewer images and rounds")
+    p.add_argument("--images", type=int, default=None, help="camera JPEGs (default 120; quick 40)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3; quick 3)")
+    p.add_argument("--timm-repo", default=os.environ.get("TIMM_REPO"), help="timm checkout")
+    p.add_argument("--no-probe", action="store_true")
+    p.add_argument("--row", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    q = args.quick
-    n_jpeg = args.jpegs or (16 if q else 96)
-    n_train, n_test = args.train or (150 if q else 600), args.test or (100 if q else 300)
-    repeats = args.repeats or (1 if q else 2)
-
-    from colhead.extract import Dataset
-
-    print(f"machine: {C.machine()}")
+    if args.row:  # a child process: one row
+        row_usual(Path(args.data), Path(args.save), threads=1 if args.row == "tuned" else None)
+        return 0
+    n = args.images or (40 if args.quick else 120)
+    rounds = args.rounds or 3
+    timm_repo = Path(args.timm_repo) if args.timm_repo else None
+    rows = ["usual", "tuned"] + [f"colhead-{b}" for b in BACKENDS]
+    print(f"machine: {C.machine()}\n{C.load_average()} (other jobs share these cores)")
+    if timm_repo is not None and (timm_repo / "inference.py").is_file():
+        rows.insert(2, "timm")
+    else:
+        print("timm row skipped: no timm checkout (pass --timm-repo DIR or set TIMM_REPO to a "
+              "clone of github.com/huggingface/pytorch-image-models)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="colhead-bench-") as tmp:
         tmp = Path(tmp)
-        C.write_jpegs(tmp / "jpegs", n_jpeg)
-        big = C.folder_dataset(tmp / "jpegs")
-        # The JPEG set is small and fast: an untimed warm-up round and one more timed round.
-        r_big = side_by_side("large JPEGs 2000x1500", big, tmp, repeats + 1, warmup=True)
-
-        tr, te = C.elpv_subset("train", n_train), C.elpv_subset("test", n_test)
-        both = Dataset(
-            spec=f"{tr.spec}+{te.spec}",
-            ids=tr.ids + te.ids,
-            labels=tr.labels + te.labels,
-            classes=tr.classes,
-            paths=tr.paths + te.paths,
-        )
-        r_small = side_by_side("elpv 300x300 PNG", both, tmp, repeats)
-        probe(r_small["usual"], r_small["fast"], len(tr), np.array(both.labels), args.resplits)
-    print(
-        f"summary: ratio {r_big['ratio']:.2f}x (large JPEGs), {r_small['ratio']:.2f}x (elpv); "
-        f"mean cosine {r_big['cos'].mean():.4f} / {r_small['cos'].mean():.4f}; target >= 3x and "
-        ">= 0.99"
-    )
+        C.write_camera_jpegs(tmp / "jpegs", n)
+        ds = C.folder_dataset(tmp / "jpegs")
+        ckpt = timm_checkpoint(tmp / "lite0-timm.pth") if "timm" in rows else tmp / "none"
+        sizes = ", ".join(f"{w}x{h}" for w, h in C.CAMERA_SIZES)
+        print(f"\n{n} camera-like JPEGs ({sizes} mixed 60/30/10), {rounds} rounds after a "
+              "warm-up, whole process per run")  # fmt: skip
+        times = side_by_side(rows, tmp / "jpegs", tmp, rounds, timm_repo, ckpt)
+        report(times, n, ds, tmp)
+        C.write_camera_jpegs(tmp / "ten", 10)
+        startup(tmp / "ten", tmp, rounds)
+    if not args.no_probe:
+        print("\nprobe: the backends' vectors against torch fp32")
+        probe(150 if args.quick else 300, 100 if args.quick else 200)
+    print(f"\n{C.load_average()} (at the end)")
     return 0
 
 

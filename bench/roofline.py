@@ -3,10 +3,14 @@
 - compute ceiling: torch.matmul of large square matrices at fp32 and bf16 (GFLOP/s), divided by
   the column's FLOPs per image (torch.utils.flop_counter; 1 multiply-add = 2 FLOPs);
 - decode ceiling: images/s of ``colhead.extract._images.decode`` alone (decode + resize + crop),
-  with and without JPEG draft mode, one process per core, for large JPEGs and elpv PNGs;
-- achieved: colhead's extractor (default settings, model load excluded) and the column's
-  forward alone, as fractions of those ceilings. On a CPU decode and compute share the cores, so
-  the joint ceiling is 1 / (1/decode + 1/compute), per image.
+  with and without JPEG draft mode, one process per core, on camera-like JPEGs (640x480,
+  1600x1200, 4000x3000 mixed, as bench/extract.py);
+- column ceiling: the column's forward alone (Embedder) for each backend (torch, OpenVINO) at 1
+  thread and at all cores;
+- achieved: colhead's extractor (model load excluded) for each backend and three splits of the
+  cores between decode workers and column threads, as fractions of the decode ceiling and of the
+  joint ceiling. On a CPU decode and the column share the cores, so the joint ceiling is
+  1 / (1/decode + 1/column), per image.
 
     python bench/roofline.py           # ~2 minutes
     python bench/roofline.py --quick
@@ -64,6 +68,9 @@ def column_flops(column: str = "efficientnet_lite0") -> tuple[int, int]:
     return fc.get_total_flops(), sum(p.numel() for p in model.parameters())
 
 
+BACKENDS = ("torch", "openvino")
+
+
 def _decode_rate(args) -> float:
     blobs, draft, seconds = args
     from colhead.extract import get_column
@@ -86,37 +93,47 @@ def decode_ceiling(blobs, draft: bool, procs: int, seconds: float) -> float:
         return sum(ex.map(_decode_rate, [(blobs, draft, seconds)] * procs))
 
 
-def forward_rates(batch: int = 64, repeats: int = 5) -> dict[int, float]:
-    """The column's forward alone through colhead's Embedder (default precision, its CPU slices
+def forward_rates(backend: str, batch: int = 64, repeats: int = 3) -> dict[int, float]:
+    """The column's forward alone through colhead's Embedder (default precision, micro-batches
     of 8), at 1 thread and at all cores, interleaved: {threads: img/s}."""
     import torch
 
-    from colhead.extract._embedder import Embedder
+    from colhead.extract import Embedder
 
-    emb = Embedder()
+    cores = os.cpu_count() or 1
     x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    options = sorted({1, cores})
     before = torch.get_num_threads()
-    options = sorted({1, before})
+    if backend == "openvino":  # threads are fixed when OpenVINO compiles: one column each
+        embs = {t: Embedder(device="cpu", backend=backend, threads=t) for t in options}
+    else:
+        emb = Embedder(device="cpu", backend=backend)
+        embs = {t: emb for t in options}
     times = {t: [] for t in options}
     try:
         for t in options:
             torch.set_num_threads(t)
-            emb.forward(x)
+            embs[t].forward(x)
         for _ in range(repeats):
             for t in options:
                 torch.set_num_threads(t)
                 s = time.perf_counter()
-                emb.forward(x)
+                embs[t].forward(x)
                 times[t].append(time.perf_counter() - s)
     finally:
         torch.set_num_threads(before)
     return {t: batch / float(np.median(v)) for t, v in times.items()}
 
 
-def extractor_rate(ds, out: Path) -> float:
+def extractor_rate(ds, out: Path, **kwargs) -> float:
     """colhead.extract's loop rate (read + column + write; model load excluded), img/s."""
-    _, res = C.colhead_extract(ds, out)
+    _, res = C.colhead_extract(ds, out, **kwargs)
     return len(ds) / (res.read_s + res.column_s + res.write_s)
+
+
+# (decode workers, column threads) on the CPU: the default (2 workers, 1 thread: the column
+# gets what the workers leave) and its two neighbours.
+SPLITS = ((2, 1), (1, 1), (2, 2))
 
 
 def main(argv=None) -> int:
@@ -138,47 +155,53 @@ def main(argv=None) -> int:
         f"compute ceiling: fp32 {peak['fp32'] * 1e9 / flops:.0f} img/s, bf16 "
         f"{peak['bf16'] * 1e9 / flops:.0f} img/s"
     )
+    print(C.load_average() + " (other jobs share these cores)")
     with tempfile.TemporaryDirectory(prefix="colhead-bench-") as tmp:
         tmp = Path(tmp)
-        n_jpeg = 24 if q else 128  # several batches, so decode and the column overlap
-        C.write_jpegs(tmp / "jpegs", n_jpeg)
-        big = C.folder_dataset(tmp / "jpegs")
-        small = C.elpv_subset("train", 100 if q else 300)
-        sets = {
-            "large JPEG": (big, [p.read_bytes() for p in big.paths]),
-            "elpv PNG": (small, [p.read_bytes() for p in small.paths]),
-        }
+        n = 40 if q else 120  # several batches, so decode and the column overlap
+        C.write_camera_jpegs(tmp / "jpegs", n)
+        ds = C.folder_dataset(tmp / "jpegs")
+        blobs = [p.read_bytes() for p in ds.paths]
         secs = 2.0 if q else 4.0
-        comp = peak["bf16"] * 1e9 / flops
+        rounds = 1 if q else 3
         # The ceilings and the extractor are measured next to each other, in rounds, medians
         # taken: the load from other jobs on these cores changes from minute to minute.
-        rounds = 1 if q else 3
-        for name, (ds, blobs) in sets.items():
-            m = {"fwd": [], "draft": [], "full": [], "rate": []}
-            for _ in range(rounds):
-                m["fwd"].append(max(forward_rates(repeats=3).values()))
-                m["draft"].append(decode_ceiling(blobs, True, cores, secs))
-                if name == "large JPEG":
-                    m["full"].append(decode_ceiling(blobs, False, cores, secs))
-                m["rate"].append(extractor_rate(ds, tmp / "x.h5"))
-            fwd, d_draft, rate = (statistics.median(m[k]) for k in ("fwd", "draft", "rate"))
-            d_full = statistics.median(m["full"]) if m["full"] else d_draft
-            joint = 1 / (1 / d_draft + 1 / comp)
-            joint_fwd = 1 / (1 / d_draft + 1 / fwd)  # with the forward rate actually reached
+        m: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for b in BACKENDS:
+                for t, r in forward_rates(b).items():
+                    m.setdefault(f"fwd {b} {t}", []).append(r)
+            m.setdefault("draft", []).append(decode_ceiling(blobs, True, cores, secs))
+            m.setdefault("full", []).append(decode_ceiling(blobs, False, cores, secs))
+            for b in BACKENDS:
+                for w, t in SPLITS:
+                    rate = extractor_rate(ds, tmp / "x.h5", backend=b, workers=w, threads=t)
+                    m.setdefault(f"run {b} {w} {t}", []).append(rate)
+        med = {k: statistics.median(v) for k, v in m.items()}
+        d_draft, d_full = med["draft"], med["full"]
+        print(
+            f"{n} camera-like JPEGs (640x480 / 1600x1200 / 4000x3000), median of {rounds} "
+            f"rounds:\n  decode+resize ceiling ({cores} processes): {d_draft:.0f} img/s with "
+            f"draft, {d_full:.0f} img/s full decode"
+        )
+        for b in BACKENDS:
+            fwd = {t: med[f"fwd {b} {t}"] for t in sorted({1, cores})}
+            best = max(fwd.values())
             print(
-                f"{name} (median of {rounds} rounds):\n"
-                f"  column forward alone (Embedder, best of 1 and {cores} threads) {fwd:.0f} img/s"
-                f" = {fwd * flops / 1e9:.0f} GFLOP/s = {fwd * flops / (peak['bf16'] * 1e9):.1%} "
-                f"of the bf16 matmul peak\n"
-                f"  decode+resize ceiling ({cores} processes) {d_draft:.0f} img/s with draft, "
-                f"{d_full:.0f} img/s full decode ({d_draft / d_full:.1f}x)\n"
-                f"  joint ceiling (decode + bf16 peak) {joint:.0f} img/s; decode + measured "
-                f"forward {joint_fwd:.0f} img/s\n"
-                f"  extractor achieved {rate:.0f} img/s (rounds: "
-                f"{' '.join(f'{r:.0f}' for r in m['rate'])}) = {rate / comp:.1%} of the compute "
-                f"ceiling, {rate / d_draft:.0%} of the decode ceiling, {rate / joint_fwd:.0%} "
-                f"of decode + measured forward"
+                f"  column ceiling, {b}: "
+                + ", ".join(f"{r:.0f} img/s at {t} thread{'s' * (t > 1)}" for t, r in fwd.items())
+                + f" ({best * flops / 1e9:.0f} GFLOP/s = {best * flops / (peak['bf16'] * 1e9):.0%}"
+                f" of the bf16 matmul peak); joint 1/(1/decode + 1/column) "
+                f"{1 / (1 / d_draft + 1 / best):.0f} img/s"
             )
+            for w, t in SPLITS:
+                r = med[f"run {b} {w} {t}"]
+                print(
+                    f"    extractor, {w} decode workers + {t} column thread{'s' * (t > 1)}: "
+                    f"{r:.0f} img/s = {r / d_draft:.0%} of the decode ceiling, "
+                    f"{r / (1 / (1 / d_draft + 1 / best)):.0%} of the joint ceiling"
+                )
+    print(C.load_average() + " (at the end)")
     return 0
 
 

@@ -59,6 +59,7 @@ def _extract(args) -> int:
         progress=not args.no_progress,
         allow_absolute=args.allow_absolute,
         retry_skipped=args.retry_skipped,
+        backend=args.backend,
     )
     data = args.data
     if dataset_columns(args):  # --path-col ...: the spec string alone cannot carry them

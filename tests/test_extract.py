@@ -185,18 +185,43 @@ def test_float16_storage_halves_the_file_and_keeps_the_vectors(tmp_path):
         (dict(data="nope"), ValueError, "Unknown dataset"),
         (dict(data="digits", precision="fp16"), ValueError, "fp16 needs a CUDA"),
         (dict(data="digits", out="/proc/colhead.h5"), PermissionError, "write"),
+        (dict(data="digits", out="vectors.npy"), ValueError, "cache export"),
+        (dict(data="digits", out="vectors.parquet"), ValueError, "--format parquet"),
+        (dict(data="digits", weights="/missing/w.pt"), FileNotFoundError, "No weights file"),
     ],
 )
 def test_bad_arguments_fail_before_any_model_loads(kwargs, exc, match, monkeypatch):
-    from colhead.extract import _columns
+    """Every model is built through its registry entry's ``build``: replace the entries.
+
+    (Patching the module's ``build_tiny`` never fired: the spec keeps its own reference.)
+    """
+    import dataclasses
+
+    from colhead.extract import _registry
 
     def boom(*a, **k):
         raise AssertionError("a model was built before validation failed")
 
-    monkeypatch.setattr(_columns, "build_tiny", boom)
-    monkeypatch.setattr(_columns, "build_efficientnet_lite", boom)
+    for name in ("tiny", "efficientnet_lite0"):
+        spec = _registry._REGISTRY[name]
+        monkeypatch.setitem(_registry._REGISTRY, name, dataclasses.replace(spec, build=boom))
     with pytest.raises(exc, match=match):
         colhead.extract(**{"column": "tiny", "progress": False, **kwargs})
+
+
+def test_the_model_guard_fires_when_a_model_is_built(monkeypatch, tmp_path):
+    """The guard above is live: with valid arguments the patched builder is reached."""
+    import dataclasses
+
+    from colhead.extract import _registry
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built")
+
+    spec = _registry._REGISTRY["tiny"]
+    monkeypatch.setitem(_registry._REGISTRY, "tiny", dataclasses.replace(spec, build=boom))
+    with pytest.raises(AssertionError, match="a model was built"):
+        colhead.extract(data="digits", out=tmp_path / "c.h5", **FAST)
 
 
 def test_cli_extract_info_verify(image_folder, tmp_path, capsys):
@@ -271,3 +296,80 @@ def test_an_interrupted_cache_reads_as_incomplete_until_resumed(tmp_path):
     with pytest.raises(CacheError, match="incomplete"):
         open_cache(crashed, require_complete=True)
     assert any("incomplete" in p for p in verify_cache(crashed))
+
+
+def test_retry_skipped_tries_again_only_when_asked(image_folder, tmp_path, monkeypatch, capsys):
+    from colhead.extract import _run
+
+    real = _run.decode
+
+    def flaky(content, pre, **k):  # the decoder fails on cat0 once (a transient fault)
+        if content == (image_folder / "cat" / "cat0.jpg").read_bytes():
+            raise colhead.extract.BadImage("cannot decode: transient")
+        return real(content, pre, **k)
+
+    out = tmp_path / "c.h5"
+    monkeypatch.setattr(_run, "decode", flaky)
+    assert colhead.extract(data=f"folder:{image_folder}", out=out, **FAST).skipped_now == 1
+    monkeypatch.setattr(_run, "decode", real)
+    again = colhead.extract(data=f"folder:{image_folder}", out=out, **FAST)
+    assert (again.skipped_now, again.written, again.skipped) == (0, 0, 1)  # unchanged: kept
+    args = ["extract", "--column", "tiny", "--data", f"folder:{image_folder}", "--out",
+            str(out), "--precision", "fp32", "--workers", "0", "--no-progress",
+            "--retry-skipped"]  # fmt: skip
+    assert main(args) == 0
+    assert "1 rows written" in capsys.readouterr().out
+    c = open_cache(out)
+    assert len(c) == 12 and "cat/cat0.jpg" in c.ids and dict(c.skipped) == {}
+
+
+def test_no_draft_decodes_large_jpegs_in_full(tmp_path):
+    from PIL import Image
+
+    from colhead.extract import Embedder
+
+    big = tmp_path / "big" / "a"
+    big.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        arr = (rng.random((1200, 1600, 3)) * 40 + np.linspace(0, 200, 1600)[None, :, None]).astype(
+            np.uint8
+        )
+        Image.fromarray(arr).save(big / f"{i}.jpg", quality=95)
+    outs = {}
+    for flag in ([], ["--no-draft"]):
+        out = tmp_path / f"c{len(flag)}.h5"
+        args = ["extract", "--column", "tiny", "--data", f"folder:{tmp_path / 'big'}",
+                "--out", str(out), "--precision", "fp32", "--workers", "0",
+                "--no-progress", *flag]  # fmt: skip
+        assert main(args) == 0
+        outs[bool(flag)] = open_cache(out).features
+    assert not np.allclose(outs[False], outs[True])  # draft really changes the pixels
+    full = Embedder("tiny", device="cpu", precision="fp32", draft=False)
+    want, _ = full.embed(sorted((big).iterdir()))
+    np.testing.assert_allclose(outs[True], want, rtol=1e-5, atol=1e-6)
+
+
+def test_extract_weights_file_is_used_and_recorded(image_folder, tmp_path, capsys):
+    import torch
+
+    from colhead.extract import get_column
+
+    model, _, _ = get_column("tiny").build()
+    same, doubled = tmp_path / "same.pt", tmp_path / "doubled.pt"
+    torch.save(model.state_dict(), same)
+    torch.save({k: v * 2 for k, v in model.state_dict().items()}, doubled)
+    base = colhead.extract(data=f"folder:{image_folder}", out=tmp_path / "base.h5", **FAST)
+    feats = {}
+    for w in (same, doubled):
+        out = tmp_path / f"{w.stem}.h5"
+        args = ["extract", "--column", "tiny", "--data", f"folder:{image_folder}", "--out",
+                str(out), "--weights", str(w), "--precision", "fp32", "--workers", "0",
+                "--no-progress"]  # fmt: skip
+        assert main(args) == 0
+        c = open_cache(out)
+        assert c.metadata["column"]["weights_file"] == str(w)
+        assert c.identity["weights_sha256"] == colhead.extract._columns.sha256_file(w)
+        feats[w.stem] = c.features
+    np.testing.assert_allclose(feats["same"], open_cache(base.path).features, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(feats["doubled"], feats["same"])
