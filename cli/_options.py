@@ -37,7 +37,13 @@ def add_extract_args(p: argparse.ArgumentParser, *, data_required: bool = True) 
     g.add_argument("--out", default=None, help="cache file to write")
     g.add_argument("--cache-dir", default=None, help="folder of caches (env COLHEAD_CACHE)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decode workers (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image decode workers (default: 2 on the CPU, fewer with fewer cores; on CUDA all "
+        "cores but one, 2..16)",
+    )
     add_device_args(p)
     add_backend_arg(p)
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16"])
