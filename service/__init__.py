@@ -9,7 +9,7 @@ colhead.service`` works on the core install.
 from ._batch import predict_dataset, write_csv
 from ._batcher import Batcher, BatcherStopped, ForwardError, QueueFull
 from ._limits import check_bind
-from ._predictor import HeadColumnMismatch, Predictor, head_meta, read_image_file
+from ._predictor import HeadColumnMismatch, Predictor
 from ._run import run
 
 __all__ = [
@@ -21,9 +21,7 @@ __all__ = [
     "QueueFull",
     "check_bind",
     "create_app",
-    "head_meta",
     "predict_dataset",
-    "read_image_file",
     "run",
     "write_csv",
 ]

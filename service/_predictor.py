@@ -14,22 +14,6 @@ from pathlib import Path
 import numpy as np
 
 
-def head_meta(cache) -> dict:
-    """What a head saved from ``cache`` (a FeatureCache) must remember about its features."""
-    ident = cache.identity
-    return {
-        "cache_fingerprint": cache.fingerprint,
-        "cache_config_key": cache.config_key,
-        "column_key": cache.column_key,
-        "column": ident.get("column"),
-        "weights_sha256": ident.get("weights_sha256"),
-        "preprocess": ident.get("preprocess"),
-        "precision": ident.get("precision"),
-        "dataset": ident.get("dataset"),
-        "class_names": list(cache.classes),
-    }
-
-
 class HeadColumnMismatch(ValueError):
     """A head was trained on another column's vectors than the one it would be applied to."""
 

@@ -16,6 +16,7 @@ import colhead
 import colhead.extract
 from colhead import service
 from colhead.cli import main
+from colhead.compare import head_meta
 from colhead.heads import LogRegHead, save_head
 from conftest import photo, write_image
 
@@ -51,7 +52,7 @@ def head_file(split_folder):
     )
     cache = colhead.open_cache(out)
     head = LogRegHead(C=1.0).fit(cache.features, cache.labels)
-    return save_head(head, split_folder.parent / "colours.npz", meta=service.head_meta(cache))
+    return save_head(head, split_folder.parent / "colours.npz", meta=head_meta(cache))
 
 
 def predictor(head_file):

@@ -19,6 +19,7 @@ import colhead  # noqa: E402
 from colhead import service as predict  # noqa: E402
 from colhead import service as serve  # noqa: E402
 from colhead.cli import main  # noqa: E402
+from colhead.compare import head_meta  # noqa: E402
 from colhead.heads import LogRegHead, save_head  # noqa: E402
 from conftest import photo, write_image  # noqa: E402
 
@@ -100,7 +101,7 @@ def trained(tmp_path_factory):
     colhead.extract("tiny", f"folder:{images}", out=out, workers=0, progress=False, **FAST)
     cache = colhead.open_cache(out)
     head = LogRegHead(C=1.0).fit(cache.features, cache.labels)
-    meta = predict.head_meta(cache)
+    meta = head_meta(cache)
     heads = root / "heads"
     heads.mkdir()
     save_head(head, heads / "colours.npz", meta=meta)

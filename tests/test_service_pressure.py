@@ -241,3 +241,18 @@ def test_any_failure_decoding_one_image_is_that_images_error(monkeypatch):
         assert r.status_code == 200, r.text
         ok, boom = r.json()["results"]
         assert len(ok["vector"]) == 32 and "out of memory" in boom["error"]
+
+
+def test_run_guards_loopback_by_host_name_and_bounds_the_shutdown(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.delenv("COLHEAD_TOKEN", raising=False)
+    service.run(
+        "127.0.0.1", 0, column="tiny", allow_hosts=["proxy.lan"], request_timeout_s=7, **FAST
+    )
+    assert seen["timeout_graceful_shutdown"] == 12
+    allow = [m for m in seen["app"].user_middleware if m.cls.__name__ == "HostAllowlist"]
+    assert allow and set(allow[0].kwargs["allowed"]) >= {"localhost", "127.0.0.1", "proxy.lan"}
+    # With a token the token is the guard: no Host allowlist.
+    service.run("127.0.0.1", 0, column="tiny", token="s3cret", **FAST)
+    assert not [m for m in seen["app"].user_middleware if m.cls.__name__ == "HostAllowlist"]
