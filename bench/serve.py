@@ -61,6 +61,7 @@ class Server:
         self.url = f"http://{HOST}:{self.port}"
         cmd = [sys.executable, "-m", "colhead", "serve", "--host", HOST, "--port", str(self.port)]
         cmd += ["--column", args.column, "--device", args.device, "--precision", args.precision]
+        cmd += ["--backend", args.backend]
         cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
         cmd += ["--cache-size", "0"] + ([] if batching else ["--no-batching"])
         env = {**os.environ, "COLHEAD_TOKEN": ""}  # loopback, open: the token check is not timed
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
     args = ap.parse_args(argv)
 
     # Distinct images everywhere, so neither server can answer from a cache.
@@ -181,6 +183,10 @@ def main(argv=None) -> int:
         f"colhead serve, column {h['column']} on {h['device']} ({h['precision']}), "
         f"{os.cpu_count()} cores; max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms; "
         f"one 320x240 JPEG per request, at most {n} requests / {args.time_cap:.0f} s per setting"
+    )
+    # Other processes share these cores: the load average says how much the figures can mean.
+    print(
+        "load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     print(
         f"\n{'concurrency':>11}  {'batching':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
