@@ -18,16 +18,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._knn import KNNHead
-from ._logreg import LogRegHead
-from ._mlp import MLPHead
+from ._registry import HEAD_KINDS, kind_of
 
 FORMAT = "colhead.head"
 FORMAT_VERSION = 1
 MAX_META_BYTES = 1 << 20  # Parameters, classes and caller metadata are small; refuse giant JSON.
 _META = "__meta__"
-# The head kinds this format can rebuild, by the name stored in the file.
-_KINDS = {"knn": KNNHead, "logreg": LogRegHead, "mlp": MLPHead}
 # Class label dtypes that JSON round-trips exactly: bool, ints, floats, str, and object
 # arrays of those (labels read from pandas). Anything else (structured, void) is refused.
 _CLASSES_DTYPE = re.compile(r"^[<>|=]?[biufUO]\d*$")
@@ -45,7 +41,7 @@ def save_head(head, path: str | os.PathLike, *, meta: dict) -> Path:
     """Write a fitted head to one ``.npz`` file (no pickle), replacing ``path`` atomically.
 
     Args:
-        head: A fitted ``LogRegHead``, ``MLPHead`` or ``KNNHead``.
+        head: A fitted head of a registered kind (``heads.HEAD_KINDS``).
         path: Destination file; written exactly there (no extension is appended).
         meta: JSON-serialisable dict stored alongside, e.g. the cache fingerprint and the
             column key the head was trained on.
@@ -53,12 +49,11 @@ def save_head(head, path: str | os.PathLike, *, meta: dict) -> Path:
     Returns:
         The path written.
     """
-    kind = next((name for name, cls in _KINDS.items() if type(head) is cls), None)
-    if kind is None:
-        raise ValueError(
-            f"save_head can store {', '.join(c.__name__ for c in _KINDS.values())}; "
-            f"got {type(head).__name__}."
-        )
+    try:
+        kind = kind_of(head)
+    except ValueError:
+        names = ", ".join(k.cls.__name__ for k in HEAD_KINDS.values())
+        raise ValueError(f"save_head can store {names}; got {type(head).__name__}.") from None
     if not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict; got {type(meta).__name__}.")
     check_is_fitted(head)
@@ -101,10 +96,29 @@ def save_head(head, path: str | os.PathLike, *, meta: dict) -> Path:
         # A file object, not a name: np.savez would append ".npz" to a name without it.
         with open(tmp, "wb") as f:
             np.savez(f, **{_META: np.frombuffer(blob, dtype=np.uint8)}, **arrays)
+            # The bytes reach the disk before the rename publishes them: after a crash the
+            # name holds the old head or the new one, never a torn file (issue 13).
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # and the rename itself survives a crash
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its rename is durable as it returns
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (e.g. network mounts) refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 # A malformed file is a bad value whatever its Python type, so these checks raise ValueError
@@ -157,9 +171,9 @@ def _read_header(archive, path: Path) -> dict:
             f"{header.get('format')!r}, version {header.get('version')!r}."
         )
     kind = header.get("kind")
-    if kind not in _KINDS:
+    if kind not in HEAD_KINDS:
         raise ValueError(
-            f"Unknown head kind {kind!r} in {path}; known kinds: {', '.join(sorted(_KINDS))}."
+            f"Unknown head kind {kind!r} in {path}; known kinds: {', '.join(sorted(HEAD_KINDS))}."
         )
     expected = {"params": dict, "classes": list, "classes_dtype": str, "meta": dict}
     for key, key_type in {**expected, "n_features_in": int}.items():
@@ -174,7 +188,7 @@ def _read_header(archive, path: Path) -> dict:
 def _build(header: dict, state: dict[str, np.ndarray], path: Path):
     """A head from the parsed header and arrays: constructor params, then learned state."""
     kind, params = header["kind"], header["params"]
-    cls = _KINDS[kind]
+    cls = HEAD_KINDS[kind].cls
     unknown = set(params) - set(cls().get_params(deep=False))
     if unknown:
         raise ValueError(f"{path} gives {cls.__name__} unknown parameters {sorted(unknown)}.")

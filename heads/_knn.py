@@ -8,19 +8,12 @@ sum the weights per class.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-
-def _l2_normalise(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    # An all-zero vector has no direction; leave it zero (similarity 0 to everything).
-    return X / np.maximum(norms, np.finfo(X.dtype).tiny)
+from ._base import POSITIVE_INT, POSITIVE_REAL, HeadBase, l2_normalise
 
 
 def _exact_similarities(q: torch.Tensor, train: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -38,7 +31,7 @@ def _exact_similarities(q: torch.Tensor, train: torch.Tensor, idx: torch.Tensor)
     return out
 
 
-class KNNHead(ClassifierMixin, BaseEstimator):
+class KNNHead(HeadBase):
     """Cosine k-NN classifier with temperature-weighted votes.
 
     Queries are processed in blocks of ``batch_size`` rows against the whole training matrix,
@@ -56,25 +49,16 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         labels_: Index into ``classes_`` of each training row.
     """
 
+    _parameter_constraints = {
+        "k": [POSITIVE_INT],
+        "temperature": [POSITIVE_REAL],
+        "batch_size": [POSITIVE_INT],
+    }
+
     def __init__(self, k=20, temperature=0.07, batch_size=1024):
         self.k = k
         self.temperature = temperature
         self.batch_size = batch_size
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Cosine similarity is undefined with NaN, and blocks are dense matrix products.
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
-        return tags
-
-    def _check_params(self) -> None:
-        for name in ("k", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-        if not isinstance(self.temperature, numbers.Real) or not self.temperature > 0:
-            raise ValueError(f"temperature must be a positive number; got {self.temperature!r}.")
 
     def fit(self, X, y) -> KNNHead:
         """Store the L2-normalised training features and their labels.
@@ -86,19 +70,19 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         Returns:
             self.
         """
-        self._check_params()
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, self.labels_ = np.unique(y, return_inverse=True)
-        self.train_ = np.ascontiguousarray(_l2_normalise(X))
+        self.train_ = np.ascontiguousarray(l2_normalise(X))
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         """Normalised vote mass per class, shape (n_samples, n_classes), ordered as ``classes_``."""
         check_is_fitted(self)
-        self._check_params()
+        self._validate_params()
         X = validate_data(self, X, reset=False, dtype=np.float32)
-        queries = torch.from_numpy(np.ascontiguousarray(_l2_normalise(X)))
+        queries = torch.from_numpy(np.ascontiguousarray(l2_normalise(X)))
         train = torch.from_numpy(self.train_)
         labels = torch.from_numpy(self.labels_.astype(np.int64))
         k = min(int(self.k), len(self.train_))
@@ -116,10 +100,8 @@ class KNNHead(ClassifierMixin, BaseEstimator):
                 votes[start : start + len(q)] = block.numpy()
         return votes / votes.sum(axis=1, keepdims=True)
 
-    def predict(self, X) -> np.ndarray:
-        """Class with the largest vote mass for each row of ``X``."""
-        proba = self.predict_proba(X)  # first, so an unfitted head raises NotFittedError
-        return self.classes_[np.argmax(proba, axis=1)]
+    def _fitted_settings(self) -> dict:
+        return {"k_used_": min(int(self.k), len(self.train_))}
 
     # Serialisation hooks for heads._io: learned arrays only, never pickled objects.
     def _export_state(self) -> dict[str, np.ndarray]:

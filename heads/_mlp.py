@@ -8,30 +8,21 @@ keeping the weights of the best epoch.
 from __future__ import annotations
 
 import warnings
+from numbers import Real
 
 import numpy as np
 import torch
 from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._logreg import _check_val, _validation_split
-
-
-def _resolve_device(device: str) -> torch.device:
-    """The one place that turns the ``device`` parameter into a torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}.") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
-    return resolved
+from .._device import resolve_device
+from ._base import POSITIVE_INT, POSITIVE_REAL, VAL_SIZE, HeadBase
+from ._logreg import LogRegHead
+from ._validation import check_val, validation_split
 
 
 def _network(n_features: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
@@ -43,7 +34,7 @@ def _network(n_features: int, hidden: int, n_classes: int, dropout: float) -> nn
     )
 
 
-class MLPHead(ClassifierMixin, BaseEstimator):
+class MLPHead(HeadBase):
     """Standardise, then Linear-ReLU-Dropout-Linear with AdamW and early stopping.
 
     Training is deterministic for an integer ``random_state`` on CPU (weight init, dropout and
@@ -59,6 +50,10 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         patience: Epochs without a better validation loss before stopping.
         val_size: Fraction (float) or number (int) of training rows held out for early stopping
             when ``fit`` gets no explicit ``X_val``/``y_val``.
+        fallback_below: When the smallest class has fewer training rows than this, fit the
+            linear probe (``LogRegHead`` on CL2N features, C by cross-validation, or C=1 at one
+            row per class) instead: a hidden layer cannot be trained and early-stopped on a
+            handful of images (issue 15). None never falls back.
         device: "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]".
         random_state: Seed of the split, the initialisation, dropout and shuffling.
 
@@ -70,7 +65,23 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         best_epoch_: 1-based epoch whose weights were kept.
         n_epochs_: Epochs actually run.
         loss_curve_, val_loss_curve_: Mean training and validation cross-entropy per epoch.
+        fallback_: None, or the fitted ``LogRegHead`` used instead of the network (then
+            the network's attributes are absent).
     """
+
+    _parameter_constraints = {
+        "hidden": [POSITIVE_INT],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "lr": [POSITIVE_REAL],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [POSITIVE_INT],
+        "max_epochs": [POSITIVE_INT],
+        "patience": [POSITIVE_INT],
+        "val_size": VAL_SIZE,
+        "fallback_below": [POSITIVE_INT, None],
+        "device": [str],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
@@ -82,6 +93,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         max_epochs=100,
         patience=10,
         val_size=0.1,
+        fallback_below=None,
         device="auto",
         random_state=0,
     ):
@@ -93,23 +105,9 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.val_size = val_size
+        self.fallback_below = fallback_below
         self.device = device
         self.random_state = random_state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Dense float32 tensors only; torch would propagate NaN into every weight.
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
-        return tags
-
-    def _check_params(self) -> None:
-        for name in ("hidden", "batch_size", "max_epochs", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}.")
 
     def fit(self, X, y, X_val=None, y_val=None) -> MLPHead:
         """Train with early stopping on a validation set.
@@ -124,26 +122,31 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         Returns:
             self.
         """
-        self._check_params()
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         if X_val is not None or y_val is not None:
-            X_val, y_val = _check_val(self, X_val, y_val)
-            check_classification_targets(y_val)
+            X_val, y_val = check_val(self, X_val, y_val)
             X_val = X_val.astype(np.float32, copy=False)
             classes = np.unique(np.concatenate([y, y_val]))
         else:
             classes = np.unique(y)
-            X, X_val, y, y_val = _validation_split(
-                X, y, val_size=self.val_size, random_state=self.random_state, who="MLPHead"
-            )
         if len(classes) < 2:
             raise ValueError(
                 "MLPHead needs samples of at least 2 classes; got one class, "
                 f"{classes.tolist()[0]!r}."
             )
+        if self.fallback_below is not None and np.unique(y, return_counts=True)[1].min() < (
+            self.fallback_below
+        ):
+            return self._fit_fallback(X, y, X_val, y_val)
+        self.fallback_ = None
+        if X_val is None:
+            X, X_val, y, y_val = validation_split(
+                X, y, val_size=self.val_size, random_state=self.random_state, who="MLPHead"
+            )
         self.classes_ = classes
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
         # Statistics in float64 so large feature values do not lose precision in the sums.
@@ -162,6 +165,29 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         self.module_ = module.eval()
         self.device_ = device
         return self
+
+    def _fallback_head(self, per_class: int) -> LogRegHead:
+        """The linear probe the MLP falls back to: the protocol's logreg for this many labels."""
+        if per_class >= 2:
+            return LogRegHead(cv=5, normalize="cl2n", random_state=self.random_state)
+        return LogRegHead(C=1.0, normalize="cl2n", random_state=self.random_state)
+
+    def _fit_fallback(self, X, y, X_val, y_val) -> MLPHead:
+        per_class = int(np.unique(y, return_counts=True)[1].min())
+        head = self._fallback_head(per_class)
+        if X_val is not None:
+            head.set_params(cv=None).fit(X, y, X_val=X_val, y_val=y_val)
+        else:
+            head.fit(X, y)
+        self.classes_, self.fallback_ = head.classes_, head
+        for name in ("module_", "device_", "mean_", "std_", "best_epoch_", "n_epochs_"):
+            self.__dict__.pop(name, None)  # a refit must not leave an older network behind
+        return self
+
+    def _fitted_settings(self) -> dict:
+        if self.fallback_ is not None:
+            return {"fallback_": "logreg", **self.fallback_.describe()}
+        return {"fallback_": None, "best_epoch_": self.best_epoch_, "n_epochs_": self.n_epochs_}
 
     def _tensors(self, X, y, device) -> tuple[torch.Tensor, torch.Tensor]:
         Z = torch.from_numpy(np.ascontiguousarray((X - self.mean_) / self.std_, dtype=np.float32))
@@ -217,6 +243,9 @@ class MLPHead(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), columns ordered as ``classes_``."""
         check_is_fitted(self)
+        if self.fallback_ is not None:
+            validate_data(self, X, reset=False, dtype=np.float32)  # the MLP's own feature checks
+            return self.fallback_.predict_proba(X)
         X = validate_data(self, X, reset=False, dtype=np.float32)
         Z = torch.from_numpy(np.ascontiguousarray((X - self.mean_) / self.std_, dtype=np.float32))
         with torch.inference_mode():
@@ -224,13 +253,10 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         # Softmax in float64 so each row sums to 1 to double precision.
         return softmax(logits.astype(np.float64), axis=1)
 
-    def predict(self, X) -> np.ndarray:
-        """Most probable class label for each row of ``X``."""
-        proba = self.predict_proba(X)  # first, so an unfitted head raises NotFittedError
-        return self.classes_[np.argmax(proba, axis=1)]
-
     # Serialisation hooks for heads._io: learned arrays only, never pickled objects.
     def _export_state(self) -> dict[str, np.ndarray]:
+        if self.fallback_ is not None:
+            return {f"fallback.{k}": v for k, v in self.fallback_._export_state().items()}
         state = {f"module.{k}": v.cpu().numpy() for k, v in self.module_.state_dict().items()}
         curves = {"loss_curve": self.loss_curve_, "val_loss_curve": self.val_loss_curve_}
         return {
@@ -242,6 +268,15 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         }
 
     def _import_state(self, state: dict[str, np.ndarray]) -> None:
+        if any(k.startswith("fallback.") for k in state):
+            inner = {k.removeprefix("fallback."): v for k, v in state.items()}
+            swept = len(inner.get("val_scores", ())) > 0  # C was chosen by CV, not fixed
+            head = self._fallback_head(2 if swept else 1)
+            head.classes_, head.n_features_in_ = self.classes_, self.n_features_in_
+            head._import_state(inner)
+            self.fallback_ = head
+            return
+        self.fallback_ = None
         self.mean_ = state["mean"].astype(np.float32)
         self.std_ = state["std"].astype(np.float32)
         self.best_epoch_, self.n_epochs_ = (int(v) for v in state["epochs"])
@@ -259,9 +294,13 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         module = _network(n_features, hidden, len(self.classes_), self.dropout)
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         try:
-            self.device_ = _resolve_device(self.device)
-        except ValueError as err:
+            self.device_ = resolve_device(self.device)
+        except RuntimeError:
             # A head trained with device="cuda" must still load on a CPU-only machine.
-            warnings.warn(f"{err} Loading the MLP head on the CPU instead.", stacklevel=3)
+            warnings.warn(
+                f"The MLP head was saved with device={self.device!r}, but CUDA is not available "
+                "here; loading it on the CPU instead.",
+                stacklevel=3,
+            )
             self.device_ = torch.device("cpu")
         self.module_ = module.to(self.device_).eval()

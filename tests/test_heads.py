@@ -3,6 +3,7 @@
 import json
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ SMALL = {
     "logreg": {"Cs": [1e-2, 1.0, 1e2]},
     "mlp": {"hidden": 16, "max_epochs": 10, "lr": 1e-2, "batch_size": 64, "device": "cpu"},
     "knn": {"k": 5},
+    "ncm": {},
 }
 
 
@@ -84,7 +86,9 @@ def test_predict_proba_shape_and_rows_sum_to_one(name, digits):
 
 def test_make_head_builds_and_suggests():
     assert make_head("knn", k=3).get_params()["k"] == 3
-    with pytest.raises(ValueError, match=r"Unknown head 'logrg'; available: knn, logreg, mlp\. "):
+    with pytest.raises(
+        ValueError, match=r"Unknown head 'logrg'; available: knn, logreg, mlp, ncm\. "
+    ):
         make_head("logrg")
     with pytest.raises(ValueError, match="Did you mean 'logreg'"):
         make_head("logrg")
@@ -131,9 +135,12 @@ def test_knn_with_k_beyond_training_set_uses_every_vote():
 
 
 def test_knn_rejects_bad_params(blobs):
-    with pytest.raises(ValueError, match="k must be a positive integer; got 0"):
+    with pytest.raises(ValueError, match=r"The 'k' parameter of KNNHead must be .* Got 0 instead"):
         KNNHead(k=0).fit(*blobs)
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
+    with pytest.raises(
+        ValueError,
+        match=r"'temperature' parameter of KNNHead must be a float in the range \(0.0, inf\)",
+    ):
         KNNHead(temperature=0).fit(*blobs)
 
 
@@ -394,3 +401,181 @@ def test_save_refuses_what_json_cannot_hold(tmp_path, blobs):
     with pytest.raises(ValueError, match="save_head can store"):
         save_head(StandardScaler(), tmp_path / "h.npz", meta={})
     assert _io.FORMAT_VERSION == 1 and not list(tmp_path.glob(".*tmp"))
+
+
+# --- the registry: one table every caller reads (issue 10) -------------------------------------
+
+
+def test_registry_is_the_one_table():
+    from colhead.heads import DEFAULT_HEADS, HEAD_KINDS, head_kind, kind_of
+
+    assert HEADS == {name: kind.cls for name, kind in HEAD_KINDS.items()}
+    assert set(DEFAULT_HEADS) == {"logreg", "mlp", "knn", "ncm"}
+    for name, kind in HEAD_KINDS.items():
+        assert kind.name == name and head_kind(name) is kind and kind.summary
+        assert kind_of(kind.cls()) == name
+    with pytest.raises(ValueError, match="Not a registered head: StandardScaler"):
+        kind_of(StandardScaler())
+
+
+@pytest.mark.parametrize("per_class", [1, 2, 5, 10, 40])
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_protocol_heads_fit_at_every_shot_count(name, per_class, blobs):
+    from colhead.heads import describe_head, make_protocol_head
+
+    X, y = blobs
+    idx = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in np.unique(y)])
+    overrides = {"hidden": 16, "max_epochs": 5, "device": "cpu"} if name == "mlp" else {}
+    head = make_protocol_head(name, per_class, seed=1, **overrides).fit(X[idx], y[idx])
+    assert head.predict_proba(X).shape == (len(X), 4)
+    settings = describe_head(head)
+    assert settings["kind"] == name
+    if name == "logreg":
+        want = {1: "fixed", 2: "2-fold CV", 5: "5-fold CV", 10: "5-fold CV", 40: "holdout"}
+        assert settings["selection_"] == want[per_class] and settings["normalize"] == "cl2n"
+    if name == "mlp":
+        assert (settings["fallback_"] == "logreg") == (per_class < 10)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_parameters_are_checked_as_scikit_learn_does(name):
+    from sklearn.utils.estimator_checks import check_param_validation
+
+    # Every constructor parameter has a constraint, and a bad type or value is an
+    # InvalidParameterError naming it, raised by fit before any work.
+    check_param_validation(type(small_head(name)).__name__, small_head(name))
+
+
+# --- NCM: SimpleShot's CL2N nearest class mean -------------------------------------------------
+
+
+def test_ncm_matches_a_plain_implementation(blobs):
+    from colhead.heads import NCMHead
+
+    X, y = blobs
+    X_train, X_test, y_train = X[:200].astype(np.float64), X[200:], y[:200]
+    mean = X_train.mean(axis=0)
+    Z = X_train - mean
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    protos = np.stack([Z[y_train == c].mean(axis=0) for c in range(4)])
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    Q = X_test - mean
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    expected = np.argmax(Q @ protos.T, axis=1)
+    head = NCMHead().fit(X_train, y_train)
+    np.testing.assert_array_equal(head.predict(X_test), expected)
+    np.testing.assert_allclose(head.prototypes_, protos, atol=1e-12)
+    # The temperature sharpens the probabilities, never changes the class.
+    sharp = NCMHead(temperature=0.01).fit(X_train, y_train)
+    np.testing.assert_array_equal(sharp.predict(X_test), expected)
+    assert sharp.predict_proba(X_test).max(axis=1).mean() > head.predict_proba(X_test).max(1).mean()
+
+
+def test_ncm_shrinkage_uses_scikit_learns_shrunken_centroids(blobs):
+    from sklearn.neighbors import NearestCentroid
+
+    from colhead.heads import NCMHead
+
+    X, y = blobs
+    head = NCMHead(shrink_threshold=0.5).fit(X, y)
+    Z = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    ref = NearestCentroid(shrink_threshold=0.5).fit(Z, y).centroids_
+    np.testing.assert_allclose(head.prototypes_, ref / np.linalg.norm(ref, axis=1)[:, None])
+    assert not np.allclose(head.prototypes_, NCMHead().fit(X, y).prototypes_)
+    with pytest.raises(ValueError, match="every class has a single training row"):
+        NCMHead(shrink_threshold=0.5).fit(X[:4], [0, 1, 2, 3])
+
+
+# --- the few-shot protocol: C by cross-validation, the MLP's fallback (issue 15) ---------------
+
+
+def test_logreg_cv_chooses_c_on_folds_of_what_fit_gets(blobs, monkeypatch):
+    X, y = blobs
+    X, y = X[:60], y[:60]  # >= 10 of each class: 5 folds
+    seen = []
+    original = LogRegHead._sweep
+
+    def spy(self, X_tr, y_tr, X_va, y_va):
+        seen.append((len(X_tr), X_va.tobytes(), len(X_va)))
+        return original(self, X_tr, y_tr, X_va, y_va)
+
+    monkeypatch.setattr(LogRegHead, "_sweep", spy)
+    head = LogRegHead(Cs=[1e-3, 1.0, 1e3], cv=5, normalize="cl2n").fit(X, y)
+    assert head.selection_ == "5-fold CV" and len(seen) == 5
+    # Every row is held out exactly once, and never trained on in its own fold.
+    assert sum(n for _, _, n in seen) == len(X) and all(t + v == len(X) for t, _, v in seen)
+    # Scores are correct counts over all held-out rows.
+    assert all(np.isclose(s * len(X), round(s * len(X))) for s in head.val_scores_.values())
+    # Capped by the smallest class: 2 per class is 2-fold (leave one out within each class).
+    two = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(4)])
+    assert LogRegHead(cv=5).fit(X[two], y[two]).selection_ == "2-fold CV"
+    with pytest.raises(ValueError, match="needs at least 2 samples of every class"):
+        LogRegHead(cv=5).fit(X[two[::2]], y[two[::2]])
+
+
+def test_logreg_cl2n_normalises_rows(blobs):
+    X, y = blobs
+    head = LogRegHead(C=1.0, normalize="cl2n").fit(X, y)
+    # CL2N is invariant to scaling a row: only its direction from the training mean counts.
+    q = X[:5] - head.mean_
+    np.testing.assert_allclose(
+        head.predict_proba(head.mean_ + 3 * q), head.predict_proba(head.mean_ + q), atol=1e-12
+    )
+    np.testing.assert_array_equal(head.scale_, 1.0)
+
+
+def test_mlp_falls_back_to_the_linear_probe_on_tiny_sets(blobs, tmp_path):
+    X, y = blobs
+    one = np.array([np.flatnonzero(y == c)[0] for c in range(4)])
+    head = MLPHead(fallback_below=3, device="cpu").fit(X[one], y[one])
+    assert isinstance(head.fallback_, LogRegHead) and not hasattr(head, "module_")
+    ref = LogRegHead(C=1.0, normalize="cl2n").fit(X[one], y[one])
+    np.testing.assert_allclose(head.predict_proba(X), ref.predict_proba(X))
+    assert head.describe()["fallback_"] == "logreg" and head.describe()["C_"] == 1.0
+    loaded, _ = load_head(save_head(head, tmp_path / "mlp.npz", meta={}))
+    assert isinstance(loaded.fallback_, LogRegHead)
+    np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+    # At or above the threshold the network trains, and a refit replaces the fallback.
+    head.set_params(fallback_below=1, **SMALL["mlp"]).fit(X, y)
+    assert head.fallback_ is None and hasattr(head, "module_")
+
+
+# --- saving is atomic and durable (issue 13) ---------------------------------------------------
+
+
+def test_save_head_fsyncs_the_file_and_folder_around_the_rename(blobs, tmp_path, monkeypatch):
+    import os
+
+    head = small_head("knn").fit(*blobs)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_head(head, tmp_path / "h.npz", meta={})
+    # The file's bytes reach the disk before the rename, the folder entry after it.
+    assert events == [("fsync", False), ("replace", "h.npz"), ("fsync", True)]
+
+
+def test_a_failed_save_leaves_the_old_head_whole(blobs, tmp_path, monkeypatch):
+    path = save_head(small_head("knn").fit(*blobs), tmp_path / "h.npz", meta={"v": 1})
+    before = path.read_bytes()
+
+    def torn_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")  # a crash mid-write
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", torn_savez)
+    with pytest.raises(OSError, match="No space left"):
+        save_head(small_head("ncm").fit(*blobs), path, meta={"v": 2})
+    assert path.read_bytes() == before and load_head(path)[1] == {"v": 1}
+    assert not list(tmp_path.glob(".*tmp"))  # the partial temp file is gone

@@ -1,4 +1,8 @@
-"""The from-scratch CNN baseline on small real data (scikit-learn's 8x8 digits), CPU only."""
+"""The from-scratch CNN baseline on small real data (scikit-learn's 8x8 digits), CPU only.
+
+The digits go through the column's own preprocessing (extract's ``from_array``, the one resize
+implementation, issue 10) to 16 px, as ``compare`` prepares images for the scratch model.
+"""
 
 import dataclasses
 import inspect
@@ -12,6 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import train_test_split
 
+from colhead.extract import Preprocess, from_array
 from colhead.heads._scratch import ScratchClassifier, ScratchConfig, SmallCNN
 
 # Digits are not mirror-symmetric (a flipped 2 is not a 2): augmentation stays off (the default,
@@ -19,10 +24,17 @@ from colhead.heads._scratch import ScratchClassifier, ScratchConfig, SmallCNN
 FAST = {"image_size": 16, "augment": False, "device": "cpu"}
 
 
+def preprocess(images: np.ndarray, size: int = 16) -> np.ndarray:
+    """Greyscale (N, H, W) -> uint8 (N, size, size) through the column's preprocessing."""
+    pre = Preprocess(size, size, (0.0,) * 3, (1.0,) * 3, "bilinear")
+    return np.stack([from_array(im, pre)[..., 0] for im in images])
+
+
 @pytest.fixture(scope="module")
 def digits():
     d = load_digits()
     X = np.round(d.images * (255 / 16)).astype(np.uint8)  # 0..16 -> uint8 greyscale (N, 8, 8)
+    X = preprocess(X)  # (N, 16, 16): the scratch model never resizes
     return train_test_split(X, d.target, test_size=0.3, random_state=0, stratify=d.target)
 
 
@@ -130,11 +142,13 @@ def test_arrays_round_trip_through_npz_and_json(fitted, digits, tmp_path):
     ("X", "y", "match"),
     [
         (np.zeros((4, 8), np.uint8), [0, 1, 0, 1], "shape"),  # 2-D: not a batch of images
-        (np.zeros((4, 8, 8, 2), np.uint8), [0, 1, 0, 1], r"\(N, H, W, 3\)"),
+        (np.zeros((4, 16, 16, 2), np.uint8), [0, 1, 0, 1], r"\(N, H, W, 3\)"),
         (np.zeros((4, 3, 8, 8), np.float32), [0, 1, 0, 1], r"\(N, 3, 16, 16\)"),
-        (np.zeros((4, 8, 8), np.int64), [0, 1, 0, 1], "uint8 or float"),
-        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0], "4 images but y has 3 labels"),
-        (np.zeros((4, 8, 8), np.uint8), [[0], [1], [0], [1]], "must be 1-D"),
+        (np.zeros((4, 16, 16), np.int64), [0, 1, 0, 1], "uint8 or float"),
+        (np.zeros((4, 16, 16), np.uint8), [0, 1, 0], "4 images but y has 3 labels"),
+        (np.zeros((4, 16, 16), np.uint8), [[0], [1], [0], [1]], "must be 1-D"),
+        # Not resized here: images must come at image_size from the column's preprocessing.
+        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], r"16x16 pixels \(image_size\), got 8x8"),
     ],
 )
 def test_bad_input_raises(X, y, match):
