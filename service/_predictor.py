@@ -18,26 +18,12 @@ class HeadColumnMismatch(ValueError):
     """A head was trained on another column's vectors than the one it would be applied to."""
 
 
-def read_image_file(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file, with the data set reader's guards (FIFO, device, huge file).
-
-    Raises:
-        OSError: the file cannot be read, or is not a regular file of a plausible size.
-    """
-    from ..extract import Dataset
-
-    # Dataset.read is the one guarded reader (non-blocking open, regular files only, a size
-    # cap): a one-item data set reuses it rather than repeating the checks here.
-    p = Path(path)
-    return Dataset(spec="files", ids=[str(p)], labels=None, classes=[], paths=[p]).read(0)
-
-
 def load_image(image):
     """A path becomes its guarded bytes; bytes and arrays pass through. Raises BadImage."""
-    from ..extract import BadImage
+    from ..extract import BadImage, read_image_file
 
     if isinstance(image, (str, os.PathLike)):
-        try:
+        try:  # the data set reader's own guards: FIFO, device, huge file
             return read_image_file(image)
         except OSError as e:
             raise BadImage(f"cannot read: {e.strerror or e}") from None
