@@ -53,6 +53,8 @@ class _Parser(argparse.ArgumentParser):
     def add_argument(self, *args, **kwargs):
         if "--json" in args and not kwargs.get("help"):
             kwargs["help"] = "print machine-readable JSON instead of text"
+        elif not kwargs.get("help") and str(args[0]).startswith("-"):
+            kwargs["help"] = "(default: %(default)s)"  # argparse hides options without help
         return super().add_argument(*args, **kwargs)
 
 
@@ -79,7 +81,7 @@ def _quiet_broken_pipe() -> int:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (in tests)
         pass
     return 0
 

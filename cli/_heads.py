@@ -68,7 +68,10 @@ def _add_compare_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None
     p.add_argument("--head", default=None, help=HEADS_HELP)
     p.add_argument("--no-scratch", action="store_true", help="skip the scratch CNN")
     p.add_argument(
-        "--scratch-epochs", type=int, default=None, help="most epochs (default: the model's own)"
+        "--scratch-epochs",
+        type=int,
+        default=None,
+        help="most epochs of the scratch CNN" + ("" if demo else " (default: the model's own)"),
     )
     p.add_argument(
         "--out",
