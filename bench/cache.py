@@ -10,7 +10,8 @@ Reads are measured on the same complete cache in each layout a reader meets (see
 cache/_freeze.py): frozen (contiguous features, memory-mapped: what a finished run leaves),
 chunked (a cache being written, or one made before issue 14) and chunked with Fletcher-32.
 A memory map reads its pages when they are first touched, so "frozen + sum" also times one
-pass over the vectors after each read.
+pass over the vectors after each read; a frozen cache's ids and hashes are read when first
+used, so "frozen + ids" times them too.
 
 Targets: writes >= 20x the extraction rate, so the cache is never the bottleneck (issue 4);
 reads of complete float32 and float16 caches >= 1.0x np.load (issue 14).
@@ -78,6 +79,13 @@ def read_cache(path: Path, dtype, mmap: bool = True) -> np.ndarray:
     return open_cache(path, dtype=dtype, mmap=mmap).features
 
 
+def open_cache_with_ids(path: Path):
+    from colhead.cache import open_cache
+
+    c = open_cache(path, dtype=None)
+    return c.features, c.ids, c.hashes
+
+
 def layouts(frozen: Path) -> dict[str, Path]:
     """The same complete cache in each layout a reader meets: frozen (contiguous, what a
     finished run leaves), chunked (a cache being written, or one made before issue 14), and
@@ -137,6 +145,12 @@ def compare_reads(h5: Path, npy: Path, mb: float, rounds: int) -> None:
             f"{ratio:5.2f}x (target >= 1.0x)"
         )
         if name == "frozen":
+            ta, tb, _, _ = abba(lambda p=path: open_cache_with_ids(p), lambda: np.load(npy), rounds)
+            ratio = statistics.median(tb) / statistics.median(ta)
+            print(
+                f"  read frozen + ids     open_cache {spread(ta, mb)} | np.load {spread(tb, mb)}"
+                f" | {ratio:5.2f}x (its ids and hashes are read when first used)"
+            )
             ta, tb, _, _ = abba(
                 lambda p=path: float(read_cache(p, None).sum(dtype=np.float64)),
                 lambda: float(np.load(npy).sum(dtype=np.float64)),
