@@ -48,8 +48,9 @@ class FeatureCache:
             copy-on-write memory map for a frozen complete cache (writable like any array,
             writes never reach the file).
         labels: (N,) int64 indices into ``classes``; -1 where the item has no label.
-        ids: (N,) stable item ids (str, object array; decoded when first used).
-        hashes: (N,) sha256 hex of each item's content (str, object array; decoded when used).
+        ids: (N,) stable item ids (str, object array; decoded when first used, and for a
+            frozen cache read then, from the file that was opened).
+        hashes: (N,) sha256 hex of each item's content (str, object array; as ``ids``).
         classes: class names; ``labels`` index into it.
         identity: column config and dataset spec the vectors were made with.
         metadata: provenance (versions, device, runs, ...).
@@ -186,6 +187,8 @@ def open_cache(
     Raises:
         FileNotFoundError: no file at ``path``.
         CacheError: the file is not a readable colhead cache (or incomplete when required).
+            A frozen cache's ids and hashes are read when first used: damage there raises
+            this CacheError from ``.ids`` / ``.hashes`` (``colhead cache verify`` checks all).
     """
     path = Path(path)
     try:
