@@ -7,6 +7,8 @@ through ``main([...])``.
 import csv
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -154,14 +156,14 @@ def test_device_reaches_the_column(head_file, split_folder, monkeypatch, capsys)
 
     class Spy(real):
         def __init__(self, *a, **kw):
-            seen.append(kw.get("device"))
+            seen.append((kw.get("device"), kw.get("backend")))
             super().__init__(*a, **kw)
 
     monkeypatch.setattr(colhead.extract, "Embedder", Spy)
     image = str(split_folder / "test" / "cat" / "cat0.jpg")
     argv = ["predict", "--head-file", str(head_file), "--precision", "fp32", "--backend", "torch"]
     assert main([*argv, "--device", "cpu", image]) == 0
-    assert seen == ["cpu"]
+    assert seen == [("cpu", "torch")]
     capsys.readouterr()
     assert main([*argv, "--device", "tpu", image]) == 1
     assert "tpu" in capsys.readouterr().err
@@ -234,3 +236,12 @@ def test_every_per_image_failure_is_that_images_answer(head_file, split_folder, 
     answers = pred.predict([good, b"huge", np.zeros((3, 3, 3), np.uint8)])
     assert answers[0]["label"] in CLASSES and "out of memory" in answers[1]["error"]
     assert "label" in answers[2]
+
+
+def test_import_colhead_service_stays_light():
+    code = (
+        "import sys, colhead.service as s; s.Predictor; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

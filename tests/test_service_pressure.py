@@ -25,6 +25,7 @@ from PIL import Image, PngImagePlugin  # noqa: E402
 from test_serve import png, uploads  # noqa: E402
 
 from colhead import service  # noqa: E402
+from colhead.cli import main  # noqa: E402
 from conftest import photo  # noqa: E402
 
 FAST = {"precision": "fp32", "device": "cpu"}
@@ -256,3 +257,14 @@ def test_run_guards_loopback_by_host_name_and_bounds_the_shutdown(monkeypatch):
     # With a token the token is the guard: no Host allowlist.
     service.run("127.0.0.1", 0, column="tiny", token="s3cret", **FAST)
     assert not [m for m in seen["app"].user_middleware if m.cls.__name__ == "HostAllowlist"]
+
+
+def test_serve_passes_its_limits_to_run(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(service, "run", lambda **kw: seen.update(kw))
+    argv = ["serve", "--column", "tiny", "--max-queue", "7", "--request-timeout", "3"]
+    argv += ["--max-megapixels", "1.5", "--allow-host", "a.lan", "--backend", "torch"]
+    assert main(argv) == 0
+    assert (seen["max_queue"], seen["request_timeout_s"]) == (7, 3.0)
+    assert (seen["max_request_pixels"], seen["allow_hosts"]) == (1_500_000, ["a.lan"])
+    assert seen["backend"] == "torch"
