@@ -31,10 +31,11 @@ def _columns(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'column':<22}{'dim':>6}  {'offline':<8}source")
+    w = max([22] + [len(r["name"]) + 2 for r in rows])  # variants: efficientnet_lite0:stages
+    print(f"{'column':<{w}}{'dim':>6}  {'offline':<8}source")
     for r in rows:
         print(
-            f"{r['name']:<22}{r['dim'] or '?':>6}  {'yes' if r['offline'] else 'no':<8}"
+            f"{r['name']:<{w}}{r['dim'] or '?':>6}  {'yes' if r['offline'] else 'no':<8}"
             f"{r['source']}"
         )
     print(

@@ -13,7 +13,7 @@ import sys
 import types
 
 from .._device import resolve_device, resolve_precision
-from . import _columns, _external  # noqa: F401  (they register their columns)
+from . import _columns, _external, _stages  # noqa: F401  (they register their columns)
 from ._datasets import Dataset, dataset_splits, parse_dataset
 from ._embedder import Embedder
 from ._extractor import extract

@@ -136,6 +136,7 @@ def build_tiny(weights_file=None):
         nn.Flatten(),
     )
     torch.random.set_rng_state(torch_state)
+    model.colhead_stages = ("1", "3")  # each conv block's output, for tiny:stages (_stages.py)
     if weights_file:
         model.load_state_dict(load_state_file(weights_file))
         return model, Path(weights_file), sha256_file(weights_file)

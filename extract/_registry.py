@@ -62,6 +62,9 @@ class ColumnUnavailableError(RuntimeError):
 _REGISTRY: dict[str, ColumnSpec] = {}
 # Open-ended families: prefix -> (function name -> spec, what to say in "Available: ...").
 _PREFIXES: dict[str, tuple[Callable[[str], ColumnSpec], str]] = {}
+# Name variants (``NAME:stages``, see ``_stages.py``): (name -> spec or None, what to say).
+_VARIANTS: list[tuple[Callable[[str], ColumnSpec | None], str]] = []
+_VARIANT_NAMES: list[str] = []  # listed by describe_columns under every registered column
 
 
 def register_column(spec: ColumnSpec) -> ColumnSpec:
@@ -79,6 +82,14 @@ def register_prefix(prefix: str, resolve: Callable[[str], ColumnSpec], hint: str
     _PREFIXES[prefix] = (resolve, hint)
 
 
+def register_variants(
+    resolve: Callable[[str], ColumnSpec | None], hint: str, names: tuple[str, ...] = ()
+) -> None:
+    """Add a family of name variants: ``resolve(name)`` gives a spec, or None when not its own."""
+    _VARIANTS.append((resolve, hint))
+    _VARIANT_NAMES.extend(names)
+
+
 def list_columns() -> list[str]:
     """Names of the registered columns (``tv/...`` and ``timm/...`` are open-ended on top)."""
     return sorted(_REGISTRY)
@@ -88,22 +99,27 @@ def get_column(name: str) -> ColumnSpec:
     """The spec of column ``name``; unknown names list what exists and the closest match."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    for resolve, _ in _VARIANTS:  # before the prefixes: timm/NAME:stages is a variant
+        spec = resolve(name)
+        if spec is not None:
+            return spec
     for prefix, (resolve, _) in _PREFIXES.items():
         if name.startswith(prefix):
             return resolve(name)
     close = difflib.get_close_matches(name, list_columns(), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    families = "".join(f", plus {h}" for _, h in _PREFIXES.values())
+    families = "".join(f", plus {h}" for _, h in [*_PREFIXES.values(), *_VARIANTS])
     raise ValueError(
         f"Unknown column {name!r}.{hint} Available: {', '.join(list_columns())}{families}."
     )
 
 
 def describe_columns() -> list[dict]:
-    """One row per registered column: name, dim, offline availability, source, licence."""
+    """One row per registered column and variant: name, dim, offline, source, licence."""
     rows = []
-    for name in list_columns():
-        s = _REGISTRY[name]
+    names = list_columns()
+    for name in names + [f"{n}:{v}" for n in names for v in _VARIANT_NAMES]:
+        s = get_column(name)
         rows.append(
             {
                 "name": name,
