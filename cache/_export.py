@@ -56,7 +56,8 @@ def export_cache(
         block_rows: rows per block (and per parquet row group).
 
     Returns:
-        {"path", "format", "rows", "dim", "bytes", "normalized"}.
+        {"path", "format", "rows", "dim", "bytes", "normalized", "complete"}: an incomplete
+        cache (a run interrupted or still going) exports the rows it has so far.
 
     Raises:
         ValueError: unknown format, or a cache too large for csv.
@@ -97,6 +98,7 @@ def export_cache(
         "dim": c.dim,
         "bytes": out.stat().st_size,
         "normalized": normalize,
+        "complete": c.complete,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def add_parser(csub) -> None:
     """Add ``export`` to the ``cache`` actions (``csub``: their sub-parsers)."""
@@ -33,4 +35,10 @@ def run(args) -> int:
         f"{s['path']}: {s['rows']} rows x {s['dim']} ({'unit-norm ' if s['normalized'] else ''}"
         f"float32) as {s['format']}, {s['bytes'] / 1e6:.1f} MB."
     )
+    if not s["complete"]:
+        print(
+            f"warning: {args.file} is incomplete (its extraction was interrupted or is still "
+            "running): only the rows it holds so far were exported.",
+            file=sys.stderr,
+        )
     return 0

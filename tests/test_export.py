@@ -185,3 +185,12 @@ def test_a_failed_export_leaves_neither_out_nor_a_temp_file(cache, tmp_path, mon
     with pytest.raises(OSError, match="No space"):
         export_cache(cache, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+def test_an_incomplete_cache_exports_its_rows_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, identity=IDENT, metadata={}, dim=DIM) as w:
+        w.append(["a", "b"], ["0" * 64, "1" * 64], [(0, 0)] * 2, [-1, -1], np.eye(2, DIM))
+    assert main(["cache", "export", str(path), "--out", str(tmp_path / "v.npz")]) == 0
+    assert "is incomplete" in capsys.readouterr().err
+    assert np.load(tmp_path / "v.npz")["ids"].tolist() == ["a", "b"]
