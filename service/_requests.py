@@ -11,9 +11,10 @@ import numpy as np
 from fastapi import HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from ._batcher import LRU, BatcherStopped, ForwardError, QueueFull
+from ._batcher import BatcherStopped, ForwardError, QueueFull
 from ._heads import load_heads
 from ._limits import image_pixels
+from ._lru import LRU
 from ._predictor import failure_reason
 
 
