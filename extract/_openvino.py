@@ -32,6 +32,9 @@ import numpy as np
 BACKENDS = ("auto", "torch", "openvino")
 MICRO_BATCH = 8  # images per infer request (as the torch CPU path's micro-batch)
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
+# Bump when ``convert`` changes what it builds: the key of every converted model on disk holds
+# it, so an IR made by an older wrapper is never reused.
+CONVERT_VERSION = 1
 
 
 def available() -> bool:
@@ -76,6 +79,7 @@ def ir_dir(cache_dir: Path, column_identity: dict) -> Path:
         "preprocess": column_identity["preprocess"],
         "openvino": openvino.__version__,
         "micro_batch": MICRO_BATCH,
+        "convert": CONVERT_VERSION,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key["column"])
