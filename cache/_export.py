@@ -70,6 +70,8 @@ def export_cache(
         raise ValueError(f"block_rows must be at least 1, got {block_rows}.")
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a file name, e.g. {out}/x.{fmt}.")
+    if out.exists() and Path(cache).exists() and os.path.samefile(out, cache):
+        raise ValueError(f"--out {out} is the cache itself; give another file to export to.")
     if out.exists() and not overwrite:
         raise FileExistsError(
             f"{out} already exists; choose another --out, or pass --force (overwrite=True) to "

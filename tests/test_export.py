@@ -132,6 +132,10 @@ def test_bad_input_gives_clear_errors(cache, tmp_path, capsys):
     assert "Did you mean 'npz'?" in capsys.readouterr().err
     assert main(["cache", "export", str(cache), "--out", str(tmp_path / "v.txt")]) == 1
     assert "Cannot tell the export format" in capsys.readouterr().err
+    assert main(["cache", "export", str(cache), "--out", str(cache), "--format", "npz",
+                 "--force"]) == 1  # fmt: skip
+    assert "is the cache itself" in capsys.readouterr().err
+    assert open_cache(cache).dim == DIM  # untouched
     notcache = tmp_path / "x.h5"
     notcache.write_text("hello")
     assert main(["cache", "export", str(notcache), "--out", str(tmp_path / "y.npz")]) == 1
