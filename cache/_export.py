@@ -81,7 +81,7 @@ def export_cache(
         raise FileNotFoundError(f"The folder of --out {out} does not exist; create it first.")
     if fmt == "parquet":
         _pyarrow()  # before reading anything
-    c = open_cache(cache)
+    c = open_cache(cache, dtype=None)  # float16 stays float16 until each block is converted
     if fmt == "csv" and len(c) * c.dim > CSV_MAX_VALUES:
         raise ValueError(
             f"{cache} holds {len(c)} x {c.dim} = {len(c) * c.dim:,} values, too many for csv "
