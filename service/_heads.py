@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._predictor import HeadColumnMismatch, Predictor
+from ._predictor import HeadColumnMismatch, Predictor, check_head_file
 
 log = logging.getLogger("colhead.serve")
 
@@ -42,6 +42,7 @@ def load_heads(heads_dir: Path | None, embedder) -> dict[str, ServedHead]:
     for path in sorted(heads_dir.glob("*.npz")):
         entry = ServedHead(path.stem, path, None)
         try:
+            check_head_file(path)  # says what a non-head file is, not numpy's pickle advice
             entry.column = load_head(path)[1].get("column")
             entry.predictor = Predictor(path, embedder=embedder)
             log.info("head %r loaded from %s (column %s)", entry.name, path, entry.column)

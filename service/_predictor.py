@@ -60,7 +60,7 @@ class Predictor:
         from ..heads import load_head
 
         self.path = Path(head_path)
-        _check_head_file(self.path)
+        check_head_file(self.path)
         self.head, self.meta = load_head(self.path)
         want = self.meta.get("column")
         if not want or not self.meta.get("column_key"):
@@ -162,7 +162,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _check_head_file(path: Path) -> None:
+def check_head_file(path: Path) -> None:
     """Say what a file is when it is not a head file (an .npz is a zip archive)."""
     try:
         with open(path, "rb") as f:
