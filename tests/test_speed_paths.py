@@ -109,7 +109,8 @@ def test_the_default_path_end_to_end(backend, photos, fp32_reference, tmp_path, 
     from colhead.cache import open_cache
     from colhead.extract import _extractor
 
-    kw = dict(data=f"folder:{photos}", batch_size=4, backend=backend, progress=False)
+    monkeypatch.setattr(_extractor, "CPU_LOAD_BATCH", 4)  # batches of 8 loaded in parts of 4
+    kw = dict(data=f"folder:{photos}", batch_size=8, backend=backend, progress=False)
     whole = colhead.extract(out=tmp_path / "whole.h5", **kw)
     assert whole.precision == ("bf16" if cpu_has_bf16() else "fp32")
     assert whole.workers == 2 and whole.written == 12
@@ -198,3 +199,15 @@ def test_openvino_and_torch_caches_never_mix(image_folder, tmp_path):
     t = colhead.extract(data=f"folder:{image_folder}", cache_dir=d, backend="torch", **kw)
     o = colhead.extract(data=f"folder:{image_folder}", cache_dir=d, backend="openvino", **kw)
     assert t.path != o.path and "openvino-fp32" in o.path
+
+
+def test_cpu_batches_load_in_parts_grouped_by_position():
+    import torch
+
+    from colhead.extract._extractor import load_batches
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    plan = [[0, 1, 2, 17, 18, 40], [64, 65]]  # pending positions; 3..16 etc. were reused
+    assert load_batches(plan, 64, cpu) == [[0, 1, 2], [17, 18], [40], [64, 65]]
+    assert load_batches(plan, 64, cuda) == plan
+    assert load_batches([[0, 1, 2, 3]], 20, cpu) == [[0, 1, 2, 3]]  # not a multiple of 16
