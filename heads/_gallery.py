@@ -108,7 +108,9 @@ def plot_misclassified(results: dict, path, y_test, load_images, *, seed: int = 
     classes = results["classes"]
     cols = min(4, len(picks))
     rows = int(np.ceil(len(picks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.7 * rows), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.3 * cols, 2.9 * rows), dpi=120, squeeze=False, layout="constrained"
+    )  # constrained: each title keeps its own room above its image
     for ax in axes.flat:
         ax.axis("off")
     for ax, i, img in zip(axes.flat, picks, images):
@@ -116,7 +118,6 @@ def plot_misclassified(results: dict, path, y_test, load_images, *, seed: int = 
         t, p = (textwrap.shorten(classes[k], 18, placeholder="…") for k in (y_test[i], pred[i]))
         ax.set_title(f"true: {t}\npredicted: {p}", fontsize=8)
     fig.suptitle(f"Test images {best} got wrong (best head on validation)", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -71,6 +71,11 @@ def write_report(
     return path
 
 
+def _cell(text) -> str:
+    """A class name as one Markdown table cell: pipes and line breaks would split the table."""
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
 def _json(o):
     if isinstance(o, (np.integer, np.floating)):
         return o.item()
@@ -237,7 +242,7 @@ def _per_class_table(results: dict) -> list[str]:
     for i in natural_order([r["class"] for r in per]):
         r = per[i]
         lines.append(
-            f"| {r['class']} | {100 * r['precision']:.1f} | {100 * r['recall']:.1f} | "
+            f"| {_cell(r['class'])} | {100 * r['precision']:.1f} | {100 * r['recall']:.1f} | "
             f"{100 * r['f1']:.1f} | {r['support']} |"
         )
     return lines + [""]
