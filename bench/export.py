@@ -1,13 +1,13 @@
 """Export throughput and memory: ``colhead cache export`` of a 100,000-row cache (issue 11).
 
-Each export runs as its own process (``python -m colhead cache export ...``), so its peak
-resident memory (``ru_maxrss`` from ``os.wait4``) is the command's own; next to it, a process
-that only imports colhead and pyarrow and opens the cache, and ``np.save`` of the same
-float32 features as the speed reference. Rounds are interleaved (a b c, c b a, ...) and the
-median is reported with the spread.
+Each export runs as its own process (``colhead.cli.main(["cache", "export", ...])``), so its
+peak resident memory (VmHWM) is the command's own; next to it, a process that only opens the
+cache and touches every page of its vectors, and ``np.load`` + ``np.save`` of the same
+float32 features as the speed reference (a copy of the vectors in the fastest format).
+Rounds are interleaved (a b c, c b a, ...) and the median is reported with the spread.
 
 Peak memory is what matters for "a million rows never sit twice in memory": the parquet export
-converts and writes one row group (65,536 rows) at a time. A frozen (complete) cache's
+converts and writes one row group (~64 MB of vectors: 13,107 rows) at a time. A frozen (complete) cache's
 features are memory-mapped, and the mapped pages the export reads count in its resident memory
 although they are the kernel's page cache; a chunked cache's features are read into memory
 once. Both are measured.
@@ -35,39 +35,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cache as B  # noqa: E402  (bench/cache.py: fake rows, CacheWriter like the extractor)
 from colhead.cache._freeze import thaw  # noqa: E402
 
-# Each child times its own work (after python has started and imported) and prints it as
-# JSON; the parent reads the child's peak resident memory from os.wait4.
-EXPORT = (
-    "import sys, time, json; import pyarrow.parquet; from colhead.cli import main; "
-    "t = time.perf_counter(); "
-    "rc = main(['cache', 'export', *sys.argv[1:], '--force']); "
-    "print(json.dumps({'s': time.perf_counter() - t})); sys.exit(rc)"
+# Each child times its own work (after python has started and imported) and reports its
+# resident memory from /proc/self/status (Linux): VmRSS before the work and VmHWM, the peak,
+# after it. (ru_maxrss from wait4 would not do: Linux keeps the parent's high-water mark
+# across fork and exec, and this parent has held the vectors.)
+CHILD = """
+import sys, time, json
+def mem(key):
+    with open('/proc/self/status') as fh:
+        return next(int(x.split()[1]) / 1024 for x in fh if x.startswith(key))
+{imports}
+before = mem('VmRSS:')
+t = time.perf_counter()
+{work}
+print(json.dumps({{'s': time.perf_counter() - t, 'peak': mem('VmHWM:'), 'before': before}}))
+"""
+EXPORT = CHILD.format(
+    imports="import pyarrow.parquet, colhead.cache, colhead.extract; from colhead.cli import main",
+    work="assert main(['cache', 'export', *sys.argv[1:], '--force']) == 0",
 )
-OPEN_ONLY = (
-    "import sys, time, json; import pyarrow.parquet; from colhead.cli import main; "
-    "from colhead.cache import open_cache; t = time.perf_counter(); c = open_cache(sys.argv[1]); "
-    "float(c.features[:, 0].sum()); print(json.dumps({'s': time.perf_counter() - t}))"
+OPEN_ONLY = CHILD.format(
+    imports="import pyarrow.parquet; from colhead.cli import main; from colhead.cache import "
+    "open_cache",
+    work="float(open_cache(sys.argv[1]).features[:, 0].sum())  # touches every page",
 )
-NP_SAVE = (
-    "import sys, time, json; import numpy as np; a = np.load(sys.argv[1]); "
-    "t = time.perf_counter(); np.save(sys.argv[2], a); "
-    "print(json.dumps({'s': time.perf_counter() - t}))"
+NP_SAVE = CHILD.format(
+    imports="import numpy as np",
+    work="np.save(sys.argv[2], np.load(sys.argv[1]))",
 )
 
 
-def run(argv: list[str]) -> tuple[float, float, float]:
-    """Work seconds (as the child timed them), process seconds, peak RSS (MB) of one child."""
+def run(argv: list[str]) -> dict:
+    """What the child reported (s, peak, before), and its whole wall time as "wall"."""
     t = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = p.stdout.read(), p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    p.stdout.close()
-    p.stderr.close()
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{err.decode()}")
-    return json.loads(out.decode().strip().splitlines()[-1])["s"], wall, ru.ru_maxrss / 1024
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{r.stderr}")
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - t}
 
 
 def main(argv=None) -> int:
@@ -94,34 +98,32 @@ def main(argv=None) -> int:
             "parquet (frozen)": [py, "-c", EXPORT, str(frozen), "--out", str(tmp / "f.parquet")],
             "parquet (chunked)": [py, "-c", EXPORT, str(chunked), "--out", str(tmp / "c.parquet")],
             "npz (frozen)": [py, "-c", EXPORT, str(frozen), "--out", str(tmp / "f.npz")],
-            "np.save (reference)": [py, "-c", NP_SAVE, str(npy), str(tmp / "b.npy")],
+            "np.load+save (ref.)": [py, "-c", NP_SAVE, str(npy), str(tmp / "b.npy")],
         }
-        times = {k: [] for k in cmds}
-        walls = {k: [] for k in cmds}
-        rss = {k: [] for k in cmds}
+        got = {k: [] for k in cmds}
         for argv_ in cmds.values():  # warm-up: page cache, .pyc files
             run(argv_)
         names = list(cmds)
         for r in range(args.rounds):
             for k in names if r % 2 == 0 else names[::-1]:
-                s, wall, peak = run(cmds[k])
-                times[k].append(s)
-                walls[k].append(wall)
-                rss[k].append(peak)
-        ref = statistics.median(times["np.save (reference)"])
+                got[k].append(run(cmds[k]))
+        ref = statistics.median(x["s"] for x in got["np.load+save (ref.)"])
         for k in names:
-            ts, med = times[k], statistics.median(times[k])
+            ts = [x["s"] for x in got[k]]
+            med = statistics.median(ts)
+            peak = statistics.median(x["peak"] for x in got[k])
+            added = statistics.median(x["peak"] - x["before"] for x in got[k])
             print(
-                f"  {k:<20} {med:6.2f} s ({min(ts):.2f}-{max(ts):.2f}) {n / med:9.0f} rows/s "
-                f"{mb / med:6.0f} MB/s | np.save/this {ref / med:5.2f}x | process "
-                f"{statistics.median(walls[k]):5.2f} s, peak RSS "
-                f"{statistics.median(rss[k]):5.0f} MB"
+                f"  {k:<20} {med:6.2f} s ({min(ts):.2f}-{max(ts):.2f}) {n / med:8.0f} rows/s "
+                f"{mb / med:5.0f} MB/s | ref./this {ref / med:5.2f}x | process "
+                f"{statistics.median(x['wall'] for x in got[k]):5.2f} s | peak RSS {peak:5.0f} MB"
+                f" (+{added:.0f} MB over its start)"
             )
         size = {x: os.path.getsize(tmp / x) / 1e6 for x in ("f.parquet", "f.npz", "b.npy")}
         print("  files: " + ", ".join(f"{k} {v:.0f} MB" for k, v in size.items()))
         print(
             "  seconds: the command's work (main(), after importing python, numpy, pyarrow); "
-            "process: the whole process; peak RSS: the whole process, mapped cache pages included"
+            "process: the whole process; peak RSS (VmHWM) counts mapped cache pages read"
         )
     return 0
 

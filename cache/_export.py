@@ -24,7 +24,9 @@ from ._reader import FeatureCache, open_cache
 
 FORMATS = ("npz", "parquet", "csv")
 SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-BLOCK_ROWS = 65536  # rows per parquet row group and per block written
+# Vectors per block written (and per parquet row group): ~64 MB of float32, so the writer's
+# buffers for one row group stay small next to the cache (13,107 rows of 1280-d vectors).
+BLOCK_BYTES = 64 << 20
 CSV_MAX_VALUES = 20_000_000  # ~200 MB of text; beyond, csv is the wrong format for vectors
 
 
@@ -35,7 +37,7 @@ def export_cache(
     format: str | None = None,
     normalize: bool = False,
     overwrite: bool = False,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int | None = None,
 ) -> dict:
     """Write a cache's live rows to ``out`` as npz, parquet or csv.
 
@@ -53,7 +55,7 @@ def export_cache(
         format: "npz", "parquet" or "csv"; None takes it from ``out``'s suffix.
         normalize: scale every vector to unit L2 norm (zero vectors stay zero).
         overwrite: replace ``out`` if it exists (refused otherwise).
-        block_rows: rows per block (and per parquet row group).
+        block_rows: rows per block (and per parquet row group); None: ~64 MB of vectors.
 
     Returns:
         {"path", "format", "rows", "dim", "bytes", "normalized", "complete"}: an incomplete
@@ -66,7 +68,7 @@ def export_cache(
     """
     out = Path(out)
     fmt = _format_of(out, format)
-    if block_rows < 1:
+    if block_rows is not None and block_rows < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}.")
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a file name, e.g. {out}/x.{fmt}.")
@@ -87,6 +89,8 @@ def export_cache(
             f"{cache} holds {len(c)} x {c.dim} = {len(c) * c.dim:,} values, too many for csv "
             f"(the limit is {CSV_MAX_VALUES:,}): use --format parquet or npz."
         )
+    if block_rows is None:
+        block_rows = max(1, BLOCK_BYTES // (4 * max(1, c.dim)))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         {"npz": _npz, "parquet": _parquet, "csv": _csv}[fmt](c, tmp, normalize, block_rows)
