@@ -7,10 +7,10 @@ float32 features as the speed reference (a copy of the vectors in the fastest fo
 Rounds are interleaved (a b c, c b a, ...) and the median is reported with the spread.
 
 Peak memory is what matters for "a million rows never sit twice in memory": the parquet export
-converts and writes one row group (~64 MB of vectors: 13,107 rows) at a time. A frozen (complete) cache's
-features are memory-mapped, and the mapped pages the export reads count in its resident memory
-although they are the kernel's page cache; a chunked cache's features are read into memory
-once. Both are measured.
+converts and writes one row group (~64 MB of vectors: 13,107 rows) at a time. A frozen
+(complete) cache's features are memory-mapped, and the mapped pages the export reads count in
+its resident memory although they are the kernel's page cache; a chunked cache's features are
+read into memory once. Both are measured.
 
     python bench/export.py                 # 100,000 x 1280 float32 (512 MB of vectors), ~1 min
     python bench/export.py --rows 20000    # quicker
