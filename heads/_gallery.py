@@ -67,7 +67,9 @@ def plot_embedding_map(results: dict, path, X_test, y_test, *, seed: int = 0) ->
         "close points = similar vectors",
         fontsize=9,
     )
-    if len(classes) <= MAX_LEGEND:
+    if len(classes) > MAX_LEGEND:  # a legend of dozens of entries hides the map
+        ax.set_xlabel(f"{len(classes)} classes: colours repeat, no legend", fontsize=8)
+    else:
         ax.legend(fontsize=7, markerscale=1.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -183,10 +183,14 @@ def plot_per_class(results: dict, path) -> bool:
     names = [r["class"] for r in per]
     order = natural_order(names)[::-1]  # barh draws bottom-up: first class on top
     rec = np.array([per[i]["recall"] for i in order])
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * len(per)), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + (0.28 if len(per) <= 30 else 0.2) * len(per)), dpi=120)
     ax.barh(range(len(order)), 100 * rec, color=colour(results["best_head"]["method"]))
-    labels = [f"{names[i]} (n={per[i]['support']})" for i in order]
-    _class_ticks(ax, labels, "y")
+    labels = [
+        f"{textwrap.shorten(names[i], 32, placeholder='…')} (n={per[i]['support']})" for i in order
+    ]
+    # every class gets its row and its label: the figure grows with the class count
+    ax.set_yticks(range(len(order)), labels, fontsize=8 if len(order) <= 30 else 6)
+    ax.set_ylim(-0.6, len(order) - 0.4)
     ax.set_xlim(0, 112)
     ax.set_xticks(range(0, 101, 20))
     ax.set_xlabel("test recall: correctly labelled share of the class (%)")
