@@ -4,8 +4,10 @@ One module names every file colhead leaves in a cache folder besides the caches 
 locks, so ``cache gc`` can tell them from a user's files, and the extractor does not invent a
 name of its own:
 
-* ``.NAME.PID.init`` / ``.NAME.PID.copy``: a cache being created, or rewritten (recovered,
-  merged, frozen) aside before it is renamed over ``NAME``.
+* ``.NAME.colhead-PID.init`` / ``.NAME.colhead-PID.copy``: a cache being created, or rewritten
+  (recovered, merged, frozen) aside before it is renamed over ``NAME``. Older colheads wrote
+  ``.NAME.PID.init`` / ``.copy``; such a file counts as ours only when it holds HDF5, so a
+  user's ``.notes.2023.copy`` is never taken for one (issue 13).
 * ``.colhead-probe-PID``: the extractor's check that the folder is writable.
 
 A rename replaces a good file with a new one only when the new one is on disk: the data is
@@ -19,8 +21,11 @@ import os
 import re
 from pathlib import Path
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?:init|copy)$")
-_PROBE = re.compile(r"^\.colhead-probe-(?P<pid>\d+)$")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_MAX_PID = 2**31 - 1  # no process id is larger (os.kill raises OverflowError past 2**63)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.colhead-(?P<pid>\d{1,10})\.(?:init|copy)$")
+_OLD_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d{1,10})\.(?:init|copy)$")
+_PROBE = re.compile(r"^\.colhead-probe-(?P<pid>\d{1,10})$")
 
 
 def temp_path(target: str | os.PathLike, kind: str) -> Path:
@@ -28,7 +33,7 @@ def temp_path(target: str | os.PathLike, kind: str) -> Path:
     if kind not in ("init", "copy"):
         raise ValueError(f"kind must be 'init' or 'copy', got {kind!r}.")
     target = Path(target)
-    return target.with_name(f".{target.name}.{os.getpid()}.{kind}")
+    return target.with_name(f".{target.name}.colhead-{os.getpid()}.{kind}")
 
 
 def probe_path(folder: str | os.PathLike) -> Path:
@@ -48,10 +53,21 @@ def temp_owner(path: Path, *, cache_name: str | None = None) -> int | None:
     name = path.name
     m = _TEMP.match(name) or _PROBE.match(name)
     if m is None:
-        return None
+        m = _OLD_TEMP.match(name)
+        if m is None or not _is_hdf5(path):
+            return None
     if cache_name is not None and m.groupdict().get("name") != cache_name:
         return None
-    return int(m.group("pid"))
+    pid = int(m.group("pid"))
+    return pid if 0 < pid <= _MAX_PID else None
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
 
 
 def fsync_file(path: str | os.PathLike) -> None:

@@ -71,7 +71,8 @@ def gc_caches(
 
     Removed: incomplete caches with no live writer (rerunning their extraction would have
     resumed them), lock files whose writer is dead, and colhead's temporary files
-    (``.NAME.PID.init``/``.copy``, ``.colhead-probe-PID``) whose process is gone here and that
+    (named by ``_files``: ``.NAME.colhead-PID.init``/``.copy``, ``.colhead-probe-PID``, and
+    older colheads' ``.NAME.PID.init``/``.copy`` holding HDF5) whose process is gone here and that
     nobody touched for ``temp_age_s`` seconds. Never removed: a complete cache, a cache being
     written (a cache is deleted only while gc holds its writer lock), a lock whose writer may
     live (one made on another host is never judged dead), any file that is not colhead's.
@@ -148,6 +149,8 @@ def _incomplete_idle(p: Path, *, locked: bool = False) -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if not 0 < pid < 2**31:  # no process has it (os.kill raises OverflowError past 2**63)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _h5
+from . import _files, _h5, _layout
 from ._format import C_CLASSES, C_COMPLETE, C_ROWS, C_SKIPPED, CacheError
 
 CRC = "features_crc32"
@@ -46,14 +46,14 @@ def freeze(path: str | os.PathLike) -> bool:
     entries; a failure (a full disk) leaves the chunked file, which reads as before.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.copy")  # the writer's dead-temp pattern
+    tmp = _files.temp_path(path, "copy")  # a name the writer and `cache gc` recognise
     try:
         with _h5.open_read(path) as src:
             if not _freezable(src, path):
                 return False
             with h5py.File(tmp, "w", libver="latest", locking=False) as dst:
                 _copy_frozen(src, dst)
-        os.replace(tmp, path)
+        _files.replace_durably(tmp, path)
         return True
     except (*_h5.READ_ERRORS, CacheError):
         return False  # an optimisation only: the chunked file stays, and reads the same
@@ -65,7 +65,7 @@ def thaw(path: str | os.PathLike) -> None:
     """Rewrite a frozen cache chunked (aside, then rename), so a writer can append to it."""
     path = Path(path)
     with _h5.open_read(path) as src:
-        _h5.copy_committed(src, path, path)
+        _layout.copy_committed(src, path, path)
 
 
 def check(f: h5py.File, path) -> list[str]:

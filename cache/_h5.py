@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _files, _flags
+from . import _files, _flags, _structure, _swmr
 from ._format import (
     C_CLASSES,
     C_FINISHED,
@@ -20,14 +20,23 @@ from ._format import (
     FORMAT,
     SCHEMA_VERSION,
     CacheError,
-    dump_attr,
-    feature_chunk_rows,
     load_attr,
 )
+from ._lock import writer_active
 
 STR = h5py.string_dtype("utf-8")
 ROW_FIELDS = ("features", "labels", "ids", "hashes", "stats", "live")
 SKIP_FIELDS = ("ids", "hashes", "stats", "reasons", "live")
+# HDF5 filters no variable-length data, so Fletcher-32 cannot guard the string tables: a
+# CRC-32 of each string's UTF-8 bytes, in a uint32 dataset that Fletcher-32 guards, does.
+# (Caches made before these have no /checksums group; they open as before.)
+STRING_CHECKSUMS = {
+    "ids": "checksums/ids",
+    "classes": "checksums/classes",
+    "skipped/ids": "checksums/skipped_ids",
+    "skipped/reasons": "checksums/skipped_reasons",
+}
+OPTIONAL_FIELDS = tuple(STRING_CHECKSUMS.values()) + ("features_crc32",)  # see _freeze
 
 
 class TornRead(CacheError):
@@ -55,13 +64,15 @@ def swmr_retry(read, attempts: int = 8):
 READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
 
 
-def open_read(path: str | os.PathLike) -> h5py.File:
+def open_read(path: str | os.PathLike, *, settled: bool | None = None) -> h5py.File:
     """Open a cache for reading, safely even while a writer appends (SWMR).
 
     A file that a SWMR writer has open (or had, when it died) is opened in SWMR mode; any other
     file is opened plainly, which checks its length and metadata checksums at once: a SWMR
     reader retries a bad checksum or a read past the end of file for minutes, taking damage
-    for a writer's append in flight.
+    for a writer's append in flight. A SWMR file whose writer is gone (``settled``; by default
+    when no live writer holds its lock) is opened without those retries, and its committed
+    chunks must lie inside it (see ``_swmr``).
 
     Raises CacheError with a readable message for a missing, unreadable or foreign file.
     """
@@ -70,6 +81,7 @@ def open_read(path: str | os.PathLike) -> h5py.File:
         raise FileNotFoundError(f"No cache file at {path}.")
     if path.is_dir():
         raise CacheError(f"{path} is a directory, not a cache file.")
+    _check_signature(path)
     short = _flags.truncation(path)
     if short:
         raise CacheError(
@@ -80,7 +92,9 @@ def open_read(path: str | os.PathLike) -> h5py.File:
         flags = _flags.write_flags(path)
         try:
             if flags and flags & _flags.SWMR_WRITE_ACCESS:
-                f = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+                if settled is None:
+                    settled = writer_active(path) is None
+                f = _swmr.open_swmr_read(path, settled=settled)
             else:
                 f = h5py.File(path, "r", locking=False)
             break
@@ -108,6 +122,8 @@ def open_read(path: str | os.PathLike) -> h5py.File:
             time.sleep(0.05)
     try:
         check_header(f, path)
+        if f.swmr_mode and settled:  # a dead writer's file: did a copy cut its tail off?
+            _structure.check_extent(f, path, committed_counts(f, read_commit(f, path)))
     except BaseException as e:
         f.close()
         if isinstance(e, READ_ERRORS) and not isinstance(e, CacheError):
@@ -116,18 +132,27 @@ def open_read(path: str | os.PathLike) -> h5py.File:
     return f
 
 
-def open_swmr_write(path: Path) -> h5py.File:
-    """Open read-write straight in SWMR mode: the file is never marked as a plain writer's."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
-    if hasattr(fapl, "set_file_locking"):
-        fapl.set_file_locking(False, False)  # as locking=False: our own lock file rules
-    flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
-    return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
+def _check_signature(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise CacheError(f"Cannot read {path}: {e.strerror}.") from None
+    if head != _files.HDF5_SIGNATURE:
+        raise CacheError(
+            f"{path} is not a colhead cache: it is not an HDF5 file at all (it starts with "
+            f"{head[:8]!r}; if it was a cache, its first bytes are damaged). Give the .h5 "
+            "file that `colhead extract` wrote."
+        )
 
 
 def corrupt(path, e: BaseException) -> CacheError:
     """The CacheError for a file that h5py could open but not read."""
+    if isinstance(e, MemoryError):
+        return CacheError(
+            f"{path}: reading it needs more memory than this process can get. If the cache "
+            "is really that large, read it on a larger machine; else it is corrupt."
+        )
     return CacheError(
         f"{path} is corrupt: reading it failed ({reason(e)}). Run `colhead cache verify` on "
         "it; to start over, delete it and extract again."
@@ -144,9 +169,6 @@ def reason(e: BaseException) -> str:
     return (f"{head}: {detail}" if detail else head)[:200]
 
 
-_reason = reason  # the name _reader.py used before; cache modules call reason()
-
-
 def check_header(f: h5py.File, path) -> None:
     if f.attrs.get("format") != FORMAT:
         raise CacheError(f"{path} is an HDF5 file but not a colhead feature cache.")
@@ -156,9 +178,8 @@ def check_header(f: h5py.File, path) -> None:
             f"{path} has cache schema version {version}; this colhead reads version "
             f"{SCHEMA_VERSION}. Re-extract it with this version, or use the colhead that made it."
         )
-    for name in ROW_FIELDS + ("classes", "commit"):
-        if name not in f:
-            raise CacheError(f"{path} is missing the dataset /{name}: it is corrupt.")
+    names = ROW_FIELDS + ("classes", "commit") + tuple(f"skipped/{n}" for n in SKIP_FIELDS)
+    _structure.check_links(f, path, names, optional=OPTIONAL_FIELDS)
 
 
 def read_commit(f: h5py.File, path) -> np.ndarray:
@@ -174,6 +195,9 @@ def read_commit(f: h5py.File, path) -> np.ndarray:
 
 
 def _read_commit(f: h5py.File, path) -> np.ndarray:
+    _structure.check_dataset(f["commit"], path, "commit")
+    if f["commit"].shape != (COMMIT_LEN,):
+        raise CacheError(f"{path}: /commit has shape {f['commit'].shape}, which is not valid.")
     commit = np.asarray(f["commit"][:], dtype=np.float64)
     if (
         commit.shape != (COMMIT_LEN,)
@@ -182,16 +206,15 @@ def _read_commit(f: h5py.File, path) -> np.ndarray:
         or np.any(commit[:C_FINISHED] != np.round(commit[:C_FINISHED]))  # counts and a flag
     ):
         raise CacheError(f"{path}: /commit holds {commit.tolist()}, which is not valid.")
-    n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
     # Only now look at the datasets, in this order: a writer extends them before it commits,
     # so read after the commit they are at least as long as it says; a dataset opened before
     # the commit was read (even for a type check) could show a SWMR reader its older length.
-    need = {name: n for name in ROW_FIELDS}
-    need.update({f"skipped/{name}": m for name in SKIP_FIELDS}, classes=nc)
+    need = committed_counts(f, commit)
     for name, count in need.items():
         ds = f.get(name)
         if not isinstance(ds, h5py.Dataset):
             raise CacheError(f"{path} has no dataset /{name}: it is corrupt.")
+        _structure.check_dataset(ds, path, name)  # no external data, allowed filters only
         # Plain numbers and strings only: an opaque, compound or reference type in a colhead
         # cache is damage or a planted payload, and no reader should go near it.
         dt = ds.dtype
@@ -201,90 +224,28 @@ def _read_commit(f: h5py.File, path) -> np.ndarray:
             raise CacheError(
                 f"{path}: /commit says {count} entries but /{name} holds {ds.shape[0]}; corrupt."
             )
+    _structure.check_sizes(f, path, need)
+    for name in OPTIONAL_FIELDS:  # read by verify (and /features_crc32 by _freeze)
+        if name not in need and name in f:
+            _structure.check_dataset(f[name], path, name)
+            _structure.check_sizes(f, path, {name: f[name].shape[0]})
     return commit
+
+
+def committed_counts(f: h5py.File, commit: np.ndarray) -> dict:
+    """Committed entries of each dataset colhead reads (string checksums when present)."""
+    n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
+    need = {name: n for name in ROW_FIELDS}
+    need.update({f"skipped/{name}": m for name in SKIP_FIELDS}, classes=nc)
+    if "checksums" in f:
+        need.update({crc: need[table] for table, crc in STRING_CHECKSUMS.items()})
+    return need
 
 
 def read_attrs(f: h5py.File) -> tuple[dict, dict]:
     return load_attr(f.attrs.get("identity"), "identity"), load_attr(
         f.attrs.get("metadata"), "metadata"
     )
-
-
-def create(path: Path, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
-    """Create an empty cache at ``path`` atomically (build aside, then rename)."""
-    tmp = _files.temp_path(path, "init")
-    try:
-        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-            layout(f, identity=identity, metadata=metadata, dim=dim, store_dtype=store_dtype)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def layout(f: h5py.File, *, identity: dict, metadata: dict, dim: int, store_dtype: str) -> None:
-    from ._format import config_key
-
-    dt = np.dtype(store_dtype)
-    rows = feature_chunk_rows(dim, dt.itemsize)
-    f.create_dataset("features", (0, dim), dt, maxshape=(None, dim), chunks=(rows, dim))
-    f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(4096,))
-    f.create_dataset("ids", (0,), STR, maxshape=(None,), chunks=(1024,))
-    f.create_dataset("hashes", (0,), "S64", maxshape=(None,), chunks=(1024,))
-    f.create_dataset("stats", (0, 2), np.int64, maxshape=(None, 2), chunks=(2048, 2))
-    f.create_dataset("live", (0,), np.uint8, maxshape=(None,), chunks=(8192,))
-    f.create_dataset("classes", (0,), STR, maxshape=(None,), chunks=(256,))
-    g = f.create_group("skipped")
-    g.create_dataset("ids", (0,), STR, maxshape=(None,), chunks=(256,))
-    g.create_dataset("hashes", (0,), "S64", maxshape=(None,), chunks=(256,))
-    g.create_dataset("stats", (0, 2), np.int64, maxshape=(None, 2), chunks=(256, 2))
-    g.create_dataset("reasons", (0,), STR, maxshape=(None,), chunks=(256,))
-    g.create_dataset("live", (0,), np.uint8, maxshape=(None,), chunks=(1024,))
-    f.create_dataset("commit", data=np.zeros(COMMIT_LEN, np.float64))
-    f.attrs["format"] = FORMAT
-    f.attrs["schema_version"] = SCHEMA_VERSION
-    f.attrs["identity"] = dump_attr(identity)
-    f.attrs["config_key"] = config_key(identity)
-    f.attrs["metadata"] = dump_attr(metadata)
-
-
-def copy_committed(src: h5py.File, src_path, dst: Path) -> None:
-    """Write a fresh file at ``dst`` holding exactly the committed content of ``src``.
-
-    Used to recover a file whose writer died (SWMR leaves a 'file in use' flag that only a
-    rewrite clears) and by merge/compact. Builds aside and renames, so ``dst`` is never half made.
-    """
-    commit = read_commit(src, src_path)
-    identity, metadata = read_attrs(src)
-    n, m, nc = int(commit[C_ROWS]), int(commit[C_SKIPPED]), int(commit[C_CLASSES])
-    tmp = _files.temp_path(dst, "copy")
-    try:
-        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-            feats = src["features"]
-            layout(
-                f,
-                identity=identity,
-                metadata=metadata,
-                dim=feats.shape[1],
-                store_dtype=feats.dtype.str,
-            )
-            for name in ROW_FIELDS:
-                _put(f[name], src[name], n)
-            for name in SKIP_FIELDS:
-                _put(f["skipped"][name], src["skipped"][name], m)
-            _put(f["classes"], src["classes"], nc)
-            f["commit"][:] = commit
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _put(dst, src, n: int, block: int = 65536) -> None:
-    dst.resize((n,) + dst.shape[1:])
-    for i in range(0, n, block):
-        j = min(n, i + block)
-        dst[i:j] = src[i:j]
 
 
 def storage_versions() -> dict:

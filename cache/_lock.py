@@ -73,8 +73,10 @@ def _parse_owner(raw: bytes) -> dict:
 
 
 def _pid_gone(pid) -> bool:
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or isinstance(pid, bool):
         return False
+    if not 0 < pid < 2**31:  # no process has it (and os.kill raises OverflowError past 2**63)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

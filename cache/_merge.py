@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _files, _h5
+from . import _files, _h5, _layout
 from ._format import (
     C_CLASSES,
     C_COMPLETE,
@@ -168,7 +168,7 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
     tmp = _files.temp_path(out, "copy")
     try:
         with h5py.File(tmp, "w", libver="latest", locking=False) as g:
-            _h5.layout(
+            _layout.layout(
                 g, identity=ident0, metadata={}, dim=feats0.shape[1], store_dtype=feats0.dtype.str
             )
             g.attrs["metadata"] = dump_attr(metadata)
@@ -183,6 +183,7 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
             g["classes"].resize((len(classes),))
             if classes:
                 g["classes"][:] = np.array(classes, dtype=object)
+                _layout.extend_checksums(g, "classes", 0, classes)
             commit = np.zeros(COMMIT_LEN, np.float64)
             commit[C_ROWS], commit[C_SKIPPED], commit[C_CLASSES] = n_rows, n_skip, len(classes)
             commit[C_COMPLETE] = float(complete)
@@ -194,7 +195,7 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
         problems = [x for x in verify_cache(tmp) if not x.startswith("incomplete")]
         if problems:
             raise CacheError(f"The merged cache failed verification: {'; '.join(problems)}.")
-        os.replace(tmp, out)
+        _files.replace_durably(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -215,7 +216,9 @@ def _append_rows(g, f, lo: int, hi: int, sel: np.ndarray, cmap: np.ndarray) -> N
     labels = np.where(labels >= 0, cmap[np.clip(labels, 0, None)] if len(cmap) else -1, -1)
     _extend(g["features"], f["features"][lo:hi][sel])
     _extend(g["labels"], labels.astype(np.int64))
-    _extend(g["ids"], np.array(f["ids"].asstr()[lo:hi], dtype=object)[sel])
+    ids = np.array(f["ids"].asstr()[lo:hi], dtype=object)[sel]
+    _extend(g["ids"], ids)
+    _extend_crc(g, f, "ids", ids, lambda ds: ds[lo:hi][sel])
     _extend(g["hashes"], f["hashes"][lo:hi][sel])
     _extend(g["stats"], f["stats"][lo:hi][sel])
     _extend(g["live"], np.ones(len(sel), np.uint8))
@@ -226,10 +229,14 @@ def _append_skipped(g, f, rows: np.ndarray) -> None:
         return
     s, d = f["skipped"], g["skipped"]
     hi = int(rows[-1]) + 1
-    _extend(d["ids"], np.array(s["ids"].asstr()[:hi], dtype=object)[rows])
+    ids = np.array(s["ids"].asstr()[:hi], dtype=object)[rows]
+    _extend(d["ids"], ids)
+    _extend_crc(g, f, "skipped/ids", ids, lambda ds: ds[:hi][rows])
     _extend(d["hashes"], s["hashes"][:hi][rows])
     _extend(d["stats"], s["stats"][:hi][rows])
-    _extend(d["reasons"], np.array(s["reasons"].asstr()[:hi], dtype=object)[rows])
+    reasons = np.array(s["reasons"].asstr()[:hi], dtype=object)[rows]
+    _extend(d["reasons"], reasons)
+    _extend_crc(g, f, "skipped/reasons", reasons, lambda ds: ds[:hi][rows])
     _extend(d["live"], np.ones(len(rows), np.uint8))
 
 
@@ -237,3 +244,10 @@ def _extend(ds, values: np.ndarray) -> None:
     n = ds.shape[0]
     ds.resize((n + len(values),) + ds.shape[1:])
     ds[n:] = values
+
+
+def _extend_crc(g, f, table: str, values, pick) -> None:
+    """The strings' CRC-32s: the input's own where it has them (so damage in it fails the
+    merged file's verification instead of being blessed), else computed."""
+    name = _h5.STRING_CHECKSUMS[table]
+    _extend(g[name], pick(f[name]) if name in f else _layout.string_crcs(values))

@@ -16,7 +16,7 @@ import os
 import resource
 from pathlib import Path
 
-from . import _files, _flags, _h5
+from . import _files, _flags, _h5, _layout
 from ._format import CacheError
 
 MIN_ROOM = 256 * 1024  # bytes a writer wants free before it starts: a first batch's chunks
@@ -81,9 +81,9 @@ def recover_if_dead(path: Path) -> None:
         _flags.clear_write_flags(path)
         return
     _flags.extend_eoa(path)
-    with _h5.open_read(path) as src:
+    with _h5.open_read(path, settled=True) as src:  # its writer is dead: no retries
         try:
-            _h5.copy_committed(src, path, path)
+            _layout.copy_committed(src, path, path)
         except _h5.READ_ERRORS as e:
             if isinstance(e, CacheError) or not _reading_failed(e):
                 raise  # writing the copy failed: a full disk, said as such by the writer

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _h5
 from ._format import C_CLASSES, C_ROWS, C_SKIPPED, CacheError, CacheMismatchError, identity_diff
+from ._inspect import damage
 
 
 @dataclass
@@ -38,6 +39,12 @@ def read_for_resume(path: Path, identity: dict, dim: int, store_dtype: str):
             feats = f["features"]
             check_identity(path, stored, feats.shape[1], feats.dtype, identity, dim, store_dtype)
             commit = _h5.read_commit(f, path)
+            damaged = damage(f, path, commit)  # adding to a damaged file would hide it
+            if damaged:
+                raise CacheError(
+                    f"{path} is damaged, so colhead will not add to it: {damaged[0]}. Keep it "
+                    "aside (or delete it) and extract again."
+                )
             existing = load_existing(f, commit)
             classes = [str(c) for c in f["classes"].asstr()[: int(commit[C_CLASSES])]]
     except _h5.READ_ERRORS as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _freeze, _h5, _recover, _resume
+from . import _freeze, _h5, _layout, _recover, _resume, _swmr
 from ._format import (
     C_CLASSES,
     C_COMPLETE,
@@ -90,7 +90,7 @@ class CacheWriter:
         _recover.remove_dead_temps(self.path)
         _recover.check_room(self.path)
         if not self.path.exists():
-            _h5.create(
+            _layout.create(
                 self.path,
                 identity=identity,
                 metadata={**_without(metadata, "run"), "created_at": _now(), "runs": []},
@@ -108,7 +108,7 @@ class CacheWriter:
         )
         self._stamp(old_meta, metadata)
         try:
-            f = _h5.open_swmr_write(self.path)
+            f = _swmr.open_swmr_write(self.path)
         except OSError as e:
             raise CacheError(
                 f"{self.path} cannot be opened for writing ({_h5.reason(e)})."
@@ -116,9 +116,7 @@ class CacheWriter:
         # Hold every dataset open while writing: HDF5 flushes a dataset's chunk cache when its
         # last handle closes, and a flush that fails there (a full disk) could only be printed
         # by h5py, not raised; this way it fails in f.flush(), as a CacheError.
-        self._open_datasets = [f[n] for n in _h5.ROW_FIELDS + ("classes", "commit")] + [
-            f["skipped"][n] for n in _h5.SKIP_FIELDS
-        ]
+        self._open_datasets = _datasets(f)
         self._f = f
 
     def _stamp(self, old_meta: dict, metadata: dict) -> None:
@@ -157,6 +155,7 @@ class CacheWriter:
             k = len(self.classes)
             d.resize((k + len(new),))
             d[k:] = np.array(new, dtype=object)
+            _layout.extend_checksums(self._f, "classes", k, new)
             self.classes.extend(new)
             pos.update({c: k + i for i, c in enumerate(new)})
             self._f.flush()
@@ -196,12 +195,12 @@ class CacheWriter:
         _extend(f["features"], n, features.astype(f["features"].dtype, copy=False))
         _extend(f["labels"], n, np.asarray(labels, dtype=np.int64))
         _extend(f["ids"], n, np.array(ids, dtype=object))
+        _layout.extend_checksums(f, "ids", n, ids)
         _extend(f["hashes"], n, np.array(hashes, dtype="S64"))
         _extend(f["stats"], n, np.asarray(stats, dtype=np.int64).reshape(k, 2))
         _extend(f["live"], n, np.ones(k, np.uint8))
-        f.flush()  # phase 1: the data is on disk ...
         self._commit[C_ROWS] = n + k
-        self._write_commit()  # ... phase 2: only now does it count
+        self._write_commit()  # the data on disk first, then the count that makes it count
         for i, (id_, h, st) in enumerate(zip(ids, hashes, stats)):
             self.existing.rows[id_] = (n + i, h, (int(st[0]), int(st[1])))
 
@@ -210,10 +209,8 @@ class CacheWriter:
         self._open_datasets = []
         self._f.close()
         _freeze.thaw(self.path)
-        f = self._f = _h5.open_swmr_write(self.path)
-        self._open_datasets = [f[n] for n in _h5.ROW_FIELDS + ("classes", "commit")] + [
-            f["skipped"][n] for n in _h5.SKIP_FIELDS
-        ]
+        f = self._f = _swmr.open_swmr_write(self.path)
+        self._open_datasets = _datasets(f)
 
     @_writes("skipped items")
     def skip(self, ids, hashes, stats, reasons) -> None:
@@ -228,7 +225,8 @@ class CacheWriter:
         _extend(g["stats"], m, np.asarray(stats, dtype=np.int64).reshape(k, 2))
         _extend(g["reasons"], m, np.array([r[:500] for r in reasons], dtype=object))
         _extend(g["live"], m, np.ones(k, np.uint8))
-        self._f.flush()
+        _layout.extend_checksums(self._f, "skipped/ids", m, ids)
+        _layout.extend_checksums(self._f, "skipped/reasons", m, [r[:500] for r in reasons])
         self._commit[C_SKIPPED] = m + k
         self._write_commit()
         for i, (id_, h, st) in enumerate(zip(ids, hashes, stats)):
@@ -240,6 +238,7 @@ class CacheWriter:
         self._commit[C_COMPLETE] = 1
         self._commit[C_FINISHED] = time.time()
         self._write_commit()
+        self._sync()  # the marker itself durable: a finished run is not redone after a crash
 
     @_writes("the incompleteness marker")
     def mark_incomplete(self) -> None:
@@ -248,8 +247,20 @@ class CacheWriter:
             self._write_commit()
 
     def _write_commit(self) -> None:
+        """Commit in two phases: the data on disk (flushed and fsynced), then the counts.
+
+        HDF5 never fsyncs; without it a power loss could keep a commit whose rows the disk
+        never got, which read back as zeros (issue 13; bench/cache_durability.py: its cost).
+        """
+        self._sync()
         self._f["commit"][:] = self._commit
         self._f.flush()
+
+    def _sync(self) -> None:
+        self._f.flush()
+        fd = self._f.id.get_vfd_handle()
+        if isinstance(fd, int):  # the default (sec2) driver: the file's own descriptor
+            os.fsync(fd)
 
     @property
     def n_rows(self) -> int:
@@ -283,6 +294,13 @@ class CacheWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _datasets(f) -> list:
+    """Every dataset the writer writes (held open while writing: see ``_open``)."""
+    names = _h5.ROW_FIELDS + ("classes", "commit")
+    names += tuple(f"skipped/{n}" for n in _h5.SKIP_FIELDS)
+    return [f[n] for n in names] + [f[n] for n in _h5.STRING_CHECKSUMS.values() if n in f]
 
 
 def _extend(ds, n: int, values: np.ndarray) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from . import _export
 from ._text import printable, printable_name
 
 
@@ -24,12 +25,15 @@ def add_parsers(sub) -> None:
     q = csub.add_parser("gc", help="remove incomplete caches, dead locks, temp files (dry run)")
     q.add_argument("dir", nargs="?", default=None, help="folder (default: the cache folder)")
     q.add_argument("--yes", action="store_true", help="really remove them (default: dry run)")
+    _export.add_parser(csub)
     p.set_defaults(func=_cache)
 
 
 def _cache(args) -> int:
     from ..cache import cache_info, verify_cache
 
+    if args.cache_cmd == "export":
+        return _export.run(args)
     if args.cache_cmd == "info":
         info = cache_info(args.file)
         if args.json:
@@ -38,13 +42,16 @@ def _cache(args) -> int:
             print(printable(format_info(info)))
         return 0
     if args.cache_cmd == "verify":
-        problems = verify_cache(args.file)
+        notes: list[str] = []
+        problems = verify_cache(args.file, notes=notes)
         if problems:
-            print(f"{args.file}: {len(problems)} problem(s):")
+            print(f"{printable_name(args.file)}: {len(problems)} problem(s):")
             for p in problems:
                 print(f"  - {printable(p)}")
             return 1
-        print(f"{args.file}: OK")
+        print(f"{printable_name(args.file)}: OK")
+        for note in notes:  # e.g. a cache made before checksums: damage would not show
+            print(f"  note: {printable(note)}")
         return 0
     if args.cache_cmd == "merge":
         from ..cache import merge_caches

@@ -158,12 +158,12 @@ def messy(tmp_path):
     lock = d / "done.h5.lock"  # a writer of done.h5 that was kill -9'd
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "started": 0}))
     old = time.time() - 3600
-    for name in (f".broken-off.h5.{dead}.init", f".done.h5.{dead}.copy"):
+    for name in (f".broken-off.h5.colhead-{dead}.init", f".done.h5.colhead-{dead}.copy"):
         (d / name).write_bytes(b"x")
         os.utime(d / name, (old, old))
-    (d / f".fresh.h5.{dead}.copy").write_bytes(b"x")  # too young to judge
-    (d / f".mine.h5.{os.getpid()}.copy").write_bytes(b"x")  # its process is alive
-    os.utime(d / f".mine.h5.{os.getpid()}.copy", (old, old))
+    (d / f".fresh.h5.colhead-{dead}.copy").write_bytes(b"x")  # too young to judge
+    (d / f".mine.h5.colhead-{os.getpid()}.copy").write_bytes(b"x")  # its process is alive
+    os.utime(d / f".mine.h5.colhead-{os.getpid()}.copy", (old, old))
     holder = _hold_writer(d / "writing.h5")
     yield d, dead
     holder.kill()
@@ -189,7 +189,8 @@ def test_gc_dry_run_then_removes_only_leftovers(messy, capsys):
     d, dead = messy
     before = sorted(p.name for p in d.iterdir())
     expected = sorted(
-        ["broken-off.h5", "done.h5.lock", f".broken-off.h5.{dead}.init", f".done.h5.{dead}.copy"]
+        ["broken-off.h5", "done.h5.lock", f".broken-off.h5.colhead-{dead}.init",
+         f".done.h5.colhead-{dead}.copy"]  # fmt: skip
     )
     plan = gc_caches(d)
     assert sorted(os.path.basename(p) for p, _ in plan) == expected

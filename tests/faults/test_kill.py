@@ -212,7 +212,7 @@ def test_a_ray_cluster_that_is_not_there_is_a_clear_error(monkeypatch, capsys, t
 _DIE = """
 import os
 import h5py
-from colhead.cache import _h5, _writer
+from colhead.cache import _layout, _writer
 from colhead.cli import main
 
 def dying(owner, name, after_calls):
@@ -240,11 +240,11 @@ main({argv!r})
 """
 CRASH_POINTS = {
     # name: (hook, needs a partial cache first)
-    "creating the file, before its rename": ("dying(_h5, 'layout', 1)", False),
+    "creating the file, before its rename": ("dying(_layout, 'layout', 1)", False),
     "stamping metadata, before switching to SWMR": ("dying_in_stamp({out!r})", True),
     "between a batch's data and its commit": ("dying(_writer, '_extend', 9)", True),
     "committing a batch (after phase 2)": ("dying(_writer.CacheWriter, '_write_commit', 7)", True),
-    "recovering a killed run's file, mid-copy": ("dying(_h5, '_put', 3)", True),
+    "recovering a killed run's file, mid-copy": ("dying(_layout, '_put', 3)", True),
 }
 
 

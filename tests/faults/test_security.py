@@ -141,7 +141,7 @@ def test_predict_refuses_a_pickled_head_without_running_it(zygote, tmp_path):
     from conftest import photo
 
     photo(1).save(img)
-    r = zygote.run(["predict", "--head", str(path), str(img)])
+    r = zygote.run(["predict", "--head-file", str(path), str(img)])
     r.assert_no_crash()
     assert r.rc == 1 and "pickled objects are refused" in r.err, r.describe()
     assert not marker.exists()
