@@ -157,7 +157,7 @@ def test_compare_split_folder_report_folders(tmp_path, monkeypatch, capsys):
             for i in range(n):
                 write_image(root / split / name / f"{i}.png", photo(50 * c + i + n, cls=c))
     monkeypatch.chdir(tmp_path)
-    common = ["--column", "tiny", "--precision", "fp32", "--shots", "all", "--head", "logreg,knn",
+    common = ["--column", "tiny", "--precision", "fp32", "--shots", "all", "--head", "knn,ncm",
               "--no-scratch", "--cache-dir", str(tmp_path / "c"), "--no-progress"]  # fmt: skip
     assert main(["compare", "--data", f"folder:{root}", *common]) == 0
     first = tmp_path / "reports" / "shapes"
@@ -186,8 +186,11 @@ def saved_head(image_folder, tmp_path):
     tr = colhead.extract(data=f"folder:{image_folder}", out=tmp_path / "f.h5", **FAST)
     from colhead.compare import train_heads
 
-    train_heads(tr.path, tr.path, heads=["logreg"], save_dir=tmp_path / "heads", log=lambda s: None)
-    return tmp_path / "heads" / "logreg.npz", tr.path
+    (row,) = train_heads(
+        tr.path, tr.path, heads=["logreg"], save_dir=tmp_path / "heads", log=lambda s: None
+    )
+    assert row["saved"] == str(tmp_path / "heads" / "imgs-logreg.npz")  # the data's name
+    return tmp_path / "heads" / "imgs-logreg.npz", tr.path
 
 
 def test_predict_matches_the_head_on_cached_vectors(saved_head, image_folder, capsys):
@@ -201,7 +204,17 @@ def test_predict_matches_the_head_on_cached_vectors(saved_head, image_folder, ca
     bad = image_folder / "bad.jpg"
     bad.write_bytes(b"nope")
     assert (
-        main(["predict", "--head", str(head_path), "--precision", "fp32", str(files[0]), str(bad)])
+        main(
+            [
+                "predict",
+                "--head-file",
+                str(head_path),
+                "--precision",
+                "fp32",
+                str(files[0]),
+                str(bad),
+            ]
+        )
         == 0
     )
     out = capsys.readouterr().out.splitlines()
@@ -211,7 +224,8 @@ def test_predict_matches_the_head_on_cached_vectors(saved_head, image_folder, ca
 def test_predict_refuses_a_head_of_another_column(saved_head, capsys):
     head_path, _ = saved_head
     assert (
-        main(["predict", "--head", str(head_path), "--column", "efficientnet_lite0", "x.jpg"]) == 1
+        main(["predict", "--head-file", str(head_path), "--column", "efficientnet_lite0", "x.jpg"])
+        == 1
     )
     assert "trained on vectors of column 'tiny'" in capsys.readouterr().err
     from colhead.heads import load_head, save_head
