@@ -71,11 +71,11 @@ def identity_diff(stored: dict, wanted: dict) -> list[str]:
     out = []
     for k in IDENTITY_FIELDS:
         if stored.get(k) != wanted.get(k):
-            out.append(f"{k}: cache has {_short(stored.get(k))}, asked for {_short(wanted.get(k))}")
+            out.append(f"{k}: cache has {short(stored.get(k))}, asked for {short(wanted.get(k))}")
     return out
 
 
-def _short(v) -> str:
+def short(v) -> str:
     s = canonical_json(v) if not isinstance(v, str) else v
     return s if len(s) <= 120 else s[:117] + "..."
 

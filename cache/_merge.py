@@ -25,9 +25,9 @@ from ._format import (
     MAX_RUNS_KEPT,
     CacheError,
     CacheMismatchError,
-    _short,
     config_key,
     dump_attr,
+    short,
 )
 from ._lock import CacheLockedError, WriterLock, writer_active
 
@@ -87,7 +87,7 @@ def _merge(files, paths: list[Path], out: Path) -> dict:
     ident0 = attrs[0][0]
     for p, (ident, _), f in zip(paths[1:], attrs[1:], files[1:]):
         diff = [
-            f"{k}: {paths[0].name} has {_short(ident0.get(k))}, {p.name} has {_short(ident.get(k))}"
+            f"{k}: {paths[0].name} has {short(ident0.get(k))}, {p.name} has {short(ident.get(k))}"
             for k in IDENTITY_FIELDS
             if ident0.get(k) != ident.get(k)
         ]

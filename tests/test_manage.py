@@ -189,8 +189,12 @@ def test_gc_dry_run_then_removes_only_leftovers(messy, capsys):
     d, dead = messy
     before = sorted(p.name for p in d.iterdir())
     expected = sorted(
-        ["broken-off.h5", "done.h5.lock", f".broken-off.h5.colhead-{dead}.init",
-         f".done.h5.colhead-{dead}.copy"]  # fmt: skip
+        [
+            "broken-off.h5",
+            "done.h5.lock",
+            f".broken-off.h5.colhead-{dead}.init",
+            f".done.h5.colhead-{dead}.copy",
+        ]  # fmt: skip
     )
     plan = gc_caches(d)
     assert sorted(os.path.basename(p) for p, _ in plan) == expected
