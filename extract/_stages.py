@@ -1,16 +1,16 @@
 """Column variants: richer vectors from the same network, named ``NAME:VARIANT``.
 
 - ``NAME:stages``: the global average of every stage's (block group's) output, concatenated with
-  the column's final pooled vector, which stays the last ``dim`` values. Lower stages carry the
-  textures and shapes that matter for data far from ImageNet; a linear head on all of them is the
-  Head2Toe idea (Evci et al. 2022, https://arxiv.org/abs/2201.03529; issue 15). EfficientNet-Lite0
+  the column's final pooled vector, which stays the last ``dim`` values. Lower stages keep
+  textures and edges that the last layer drops, which can matter for data far from ImageNet; a
+  linear head on all of them is the Head2Toe idea (Evci et al. 2022, https://arxiv.org/abs/2201.03529; issue 15). EfficientNet-Lite0
   gives 16+24+40+80+112+192+320 + 1280 = 2,064 values.
 - ``NAME:flip``: the vector averaged over the image and its mirror image (twice the compute).
 - ``NAME:stages+flip``: both.
 
 A variant is a column of its own: its name is in the cache identity (another file, another column
 key, so a head trained on one never reads the other), and its model is a plain ``nn.Module`` from
-uint8-normalised images to ``(B, D)`` float vectors, so the extractor, the Ray engine and the
+normalised image tensors to ``(B, D)`` float vectors, so the extractor, the Ray engine and the
 OpenVINO conversion run it unchanged. The stages are tapped with the libraries' own tools: timm's
 ``forward_intermediates`` for timm models (the offline EfficientNet-Lite columns and ``timm/``),
 torchvision's ``create_feature_extractor`` (torch.fx) for ``tv/`` models and for a builder that
