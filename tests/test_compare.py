@@ -152,7 +152,7 @@ def test_compare_writes_report_json_and_plots(bigger_folder, tmp_path, capsys):
 
 def test_compare_split_folder_report_folders(tmp_path, monkeypatch, capsys):
     root = tmp_path / "shapes"
-    for split, n in (("train", 8), ("test", 4)):
+    for split, n in (("train", 8), ("val", 2), ("test", 4)):
         for c, name in enumerate(["cat", "dog", "eel"]):
             for i in range(n):
                 write_image(root / split / name / f"{i}.png", photo(50 * c + i + n, cls=c))
@@ -163,6 +163,8 @@ def test_compare_split_folder_report_folders(tmp_path, monkeypatch, capsys):
     first = tmp_path / "reports" / "shapes"
     res = json.loads((first / "results.json").read_text())
     assert (res["n_train"], res["n_test"]) == (24, 12)  # the folder's own splits
+    assert res["protocol"]["validation"] == "the data's own validation split"
+    assert res["protocol"]["n_val"] == 6 and res["protocol"]["n_pool"] == 24
     report = (first / "report.md").read_text()
     assert "scratch" not in report.lower()  # only what ran
     # a second report never overwrites the first: it is written beside it
