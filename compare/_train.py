@@ -111,14 +111,14 @@ def _free(path: Path, meta: dict) -> Path:
 
 
 def describe_labels(classes: list[str], y: np.ndarray, role: str) -> str:
-    """``"test: N=9; classes cat 3, dog 3, eel 3; majority class cat 33.3%"``."""
+    """``"test: N=9; classes cat 3, dog 3, eel 3; majority-class baseline 33.3% (cat)"``."""
     counts = Counter(y.tolist())
     shown = ", ".join(f"{classes[c]} {counts.get(c, 0)}" for c in range(len(classes))[:12])
     more = f", ... ({len(classes)} classes)" if len(classes) > 12 else ""
     top = max(range(len(classes)), key=lambda c: counts.get(c, 0))
     return (
-        f"{role}: N={len(y)}; classes {shown}{more}; majority class {classes[top]} "
-        f"{100 * counts.get(top, 0) / max(1, len(y)):.1f}%"
+        f"{role}: N={len(y)}; classes {shown}{more}; majority-class baseline "
+        f"{100 * counts.get(top, 0) / max(1, len(y)):.1f}% ({classes[top]})"
     )
 
 

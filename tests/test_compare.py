@@ -66,7 +66,7 @@ def test_heads_prints_data_before_scores(digit_caches, capsys):
     assert main(["heads", "--train", tr, "--test", te, "--head", "knn"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("train: N=") and out[1].startswith("test: N=")
-    assert "classes 0 " in out[1] and "majority class" in out[1]
+    assert "classes 0 " in out[1] and "majority-class baseline" in out[1]
     assert out[2].startswith("knn ")
 
 
