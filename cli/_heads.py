@@ -9,6 +9,9 @@ import time
 from ._options import DEFAULT_COLUMN, add_device_args
 from ._text import printable
 
+# The demo shows the stage features beside the plain column (issue 15); Lite1/Lite2 can join, where
+# their packages are installed, by --column (each column extracted costs the demo time).
+DEMO_COLUMNS = f"{DEFAULT_COLUMN},{DEFAULT_COLUMN}:stages"
 # The default is the head registry's default set, read when the command runs: importing the
 # heads (torch, scikit-learn) to print --help would take seconds.
 HEADS_HELP = "comma-separated head kinds, e.g. logreg,knn (default: the registry's default set)"
@@ -62,7 +65,12 @@ def _add_compare_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None
         default=None,
         help="data spec of a validation split (default: carved from the training images)",
     )
-    p.add_argument("--column", default=DEFAULT_COLUMN, help="column name (colhead columns)")
+    p.add_argument(
+        "--column",
+        default=DEMO_COLUMNS if demo else DEFAULT_COLUMN,
+        help="column name (colhead columns), or several A,B,...: the first gets the full "
+        "comparison, each other its heads on the same splits and shots, and the report ranks them",
+    )
     p.add_argument("--shots", default="1,5,10,all", help="labelled images per class")
     p.add_argument("--repeats", type=int, default=3, help="seeds per shot count")
     p.add_argument("--head", default=None, help=HEADS_HELP)
@@ -72,6 +80,22 @@ def _add_compare_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None
         type=int,
         default=None,
         help="most epochs of the scratch CNN" + ("" if demo else " (default: the model's own)"),
+    )
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="add the first column unfrozen + a linear layer, trained end to end (slow on a CPU)",
+    )
+    p.add_argument(
+        "--scratch-column",
+        action="store_true",
+        help="add the first column's architecture from random weights, trained end to end (slow)",
+    )
+    p.add_argument(
+        "--column-epochs",
+        type=int,
+        default=None,
+        help="epochs of --finetune and --scratch-column (default: 3)",
     )
     p.add_argument(
         "--out",
@@ -129,6 +153,9 @@ def _compare(args) -> int:
         heads=args.head,
         scratch=not args.no_scratch,
         scratch_epochs=args.scratch_epochs,
+        finetune=args.finetune,
+        scratch_column=args.scratch_column,
+        column_epochs=args.column_epochs,
         out=args.out,
         force=args.force,
         cache_dir=args.cache_dir,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._columns import parse_columns, rank_columns
 from ._data import (
     data_name,
     is_pretrained,
@@ -86,6 +87,9 @@ def compare(
     heads: str | None = None,
     scratch: bool = True,
     scratch_epochs: int | None = None,
+    finetune: bool = False,
+    scratch_column: bool = False,
+    column_epochs: int | None = None,
     out: str | os.PathLike | None = None,
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -100,6 +104,10 @@ def compare(
     log=print,
 ) -> Path:
     """Extract (or reuse) caches, train heads and the scratch model, write the report.
+
+    ``column`` may name several columns (``"A,B"``): the first gets the full comparison, every
+    other the heads on the same splits and shots, and the report ranks them (``_columns``).
+    ``finetune``/``scratch_column`` add those rows (slow on a CPU; ``_finetune``).
 
     The report goes to ``out`` (default ``reports/<name of the data>``); an existing report
     there is replaced only with ``force``, else the report is written beside it (``-2``, ...).
@@ -119,6 +127,8 @@ def compare(
     )
 
     shot_list, head_names = parse_shots(shots), parse_heads(heads)
+    columns = parse_columns(column)
+    column = columns[0]
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}.")
     specs = resolve_specs(
@@ -149,11 +159,22 @@ def compare(
         small = scaled_preprocess(pre, cfg.image_size)
         data_arrays["images"] = tuple(load_images(arr[r][3], arr[r][2], small) for r in roles)
         methods.append(Method("scratch", lambda per_class: ScratchClassifier(cfg), "images"))
+    extra = [m for m, on in (("finetune", finetune), ("scratch-column", scratch_column)) if on]
+    if extra:
+        from ._finetune import ColumnTrainConfig, column_methods
+
+        ccfg = ColumnTrainConfig(seed=seed, device=device, precision=precision)
+        ccfg.epochs = column_epochs or ccfg.epochs
+        log(f"loading the raw images at {pre['crop']} px for {', '.join(extra)}")
+        full = scaled_preprocess(pre, pre["crop"])
+        data_arrays["column_images"] = tuple(load_images(arr[r][3], arr[r][2], full) for r in roles)
+        methods += column_methods(extra, column, pre, config=ccfg)
     log(f"training {', '.join(m.name for m in methods)} at shots {shots}")
-    results = run_comparison(
-        methods, data_arrays, y["train"], y["test"], n_classes=len(classes), shots=shot_list,
-        repeats=repeats, seed=seed, y_val=y.get("val"), log=log,
+    protocol = dict(
+        y_train=y["train"], y_test=y["test"], n_classes=len(classes), shots=shot_list,
+        repeats=repeats, seed=seed, y_val=y.get("val"),
     )  # fmt: skip
+    results = run_comparison(methods, data_arrays, log=log, **protocol)
     meta = train.metadata
     col_meta = meta.get("column", {})
     splits = (
@@ -192,6 +213,21 @@ def compare(
     )
     if scratch:  # the report says only what ran
         results["provenance"]["scratch"] = _scratch_text(cfg)
+    for m in extra:
+        results["provenance"][m] = ccfg.summary(m)
+    if len(columns) > 1:
+        results["columns"] = rank_columns(
+            columns, results, specs=specs, arr=arr, roles=roles, heads=head_names,
+            protocol=protocol, log=log,
+            extract_all=lambda sp, column: _extract_all(
+                sp, column=column, cache_dir=cache_dir, device=device, precision=precision,
+                batch_size=batch_size, progress=progress, log=log,
+            ),
+        )  # fmt: skip
+        results["provenance"]["columns"] = (
+            f"{', '.join(columns)}: each extracted on its own, the heads on each on the same "
+            "splits and labelled images; per column, the head chosen on validation"
+        )
     folder = report_dir(out if out is not None else Path("reports") / name, force=force)
     test_ds, test_ids = arr["test"][3], arr["test"][2]
     thumb = scaled_preprocess(pre, THUMB)

@@ -12,7 +12,7 @@ from ._knn import KNNHead
 from ._logreg import LogRegHead
 from ._mlp import MLPHead
 from ._ncm import NCMHead
-from ._protocol import Method, make_head_for, metrics, parse_shots, run_comparison
+from ._protocol import Method, make_head_for, metrics, parse_shots, run_comparison, select_best
 from ._registry import (
     DEFAULT_HEADS,
     HEAD_KINDS,
@@ -50,5 +50,6 @@ __all__ = [
     "parse_shots",
     "run_comparison",
     "save_head",
+    "select_best",
     "write_report",
 ]

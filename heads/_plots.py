@@ -17,6 +17,7 @@ from ._stats import natural_order
 
 COLOURS = {"logreg": "#1f77b4", "mlp": "#2ca02c", "knn": "#9467bd", "ncm": "#ff7f0e"}
 COLOURS["scratch"] = "#d62728"
+COLOURS |= {"finetune": "#000000", "scratch-column": "#8c564b"}  # compare's opt-in rows
 MAX_TICKS = 40  # above this many classes, label every k-th tick
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._columns_report import columns_section, plot_columns
 from ._gallery import plot_embedding_map, plot_misclassified
 from ._plots import (
     column_title,
@@ -63,6 +64,7 @@ def write_report(
             y_test is not None and plot_misclassified(results, p, np.asarray(y_test), load_images)
         ),
         "train_time.png": lambda p: plot_time(results, p),
+        "columns.png": lambda p: plot_columns(results, p),
     }
     made = [name for name, draw in plots.items() if draw(out / name)]
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json))
@@ -124,7 +126,7 @@ def markdown(results: dict, plots: list[str]) -> str:
     """The report's text."""
     order, ms = shot_order(results), methods(results)
     by = {(s["method"], s["shots"]): s for s in results["summary"]}
-    heads = [m for m in ms if m != "scratch"]
+    heads = [m for m in ms if m not in ("scratch", "finetune", "scratch-column")]  # frozen
     lines = [f"# {column_title(results)} on {results['dataset']}", ""]
     lines += [f"> **Warning:** {w}" + "\n>" for w in results.get("warnings", [])]
     if results.get("warnings"):
@@ -139,7 +141,7 @@ def markdown(results: dict, plots: list[str]) -> str:
         f"majority-class accuracy on test {100 * results['chance']:.1f}%.",
         "",
     ]
-    lines += _headline(results, by) + _selection_table(results)
+    lines += _headline(results, by) + _selection_table(results) + columns_section(results)
     for key in (SELECT_METRIC, "top1"):
         lines += [f"## Test {METRIC_NAMES[key]} (%) by labelled images per class", ""]
         lines += _shots_table(key, order, ms, by) + [""]

@@ -1,0 +1,146 @@
+"""Which column for my data (issue 15): several columns ranked on the same splits and shots,
+and the finetune / scratch-column rows — in process, on a handful of real image files."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from colhead.cli import main
+from colhead.compare._columns import aligned_features, parse_columns
+from colhead.compare._finetune import ColumnClassifier, ColumnTrainConfig
+from conftest import photo, write_image
+
+
+@pytest.fixture
+def folder(image_folder):
+    for c, name in enumerate(["cat", "dog", "eel"]):  # 12 per class
+        for i in range(4, 12):
+            write_image(image_folder / name / f"x{i}.png", photo(100 + 20 * c + i, cls=c))
+    return image_folder
+
+
+@pytest.fixture
+def twin():
+    """``tiny-twin``: the tiny column under another name (the same vectors, another cache)."""
+    from colhead.extract import _registry, get_column, register_column
+
+    register_column(dataclasses.replace(get_column("tiny"), name="tiny-twin"))
+    yield "tiny-twin"
+    _registry._REGISTRY.pop("tiny-twin")
+
+
+def _compare(folder, tmp_path, columns, *extra, repeats="2"):
+    out = tmp_path / "rep"
+    args = ["compare", "--data", f"folder:{folder}", "--column", columns, "--precision", "fp32",
+            "--shots", "2,all", "--repeats", repeats, "--cache-dir", str(tmp_path / "c"), "--out",
+            str(out), "--no-progress", *extra]  # fmt: skip
+    assert main(args) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow  # ~50 s on 2 loaded cores: three columns extracted, fitted, reported
+def test_columns_ranked_on_the_same_splits_and_shots(folder, tmp_path, twin, capsys):
+    out, res = _compare(
+        folder, tmp_path, f"tiny,tiny:stages,{twin}", "--no-scratch", "--head", "knn,ncm"
+    )
+    ranked = res["columns"]
+    assert ranked["selected_on"] == "validation"
+    cols = {c["column"]: c for c in ranked["columns"]}
+    assert set(cols) == {"tiny", "tiny:stages", twin}
+    assert cols["tiny"]["dim"] == 32 and cols["tiny:stages"]["dim"] == 80  # 16 + 32 + 32
+    for c in cols.values():
+        assert [b["shots"] for b in c["by_shots"]] == ["2", "all"]
+        for b in c["by_shots"]:
+            assert b["method"] in ("knn", "ncm") and b["selected_on"] == "validation"
+            assert b["test_ci"][0] <= b["test"] <= b["test_ci"][1]
+    # the same vectors under two names: identical choices and scores only if every column is
+    # trained on the same labelled images and chosen on the same validation split
+    assert cols["tiny"]["by_shots"] == cols[twin]["by_shots"]
+    # the first column's entry is the main comparison's own best head (no second run)
+    main_best = {b["shots"]: b for b in res["best"]["by_shots"]}
+    for b in cols["tiny"]["by_shots"]:
+        assert (
+            b["test"] == main_best[b["shots"]]["test"]
+            or b["method"] != main_best[b["shots"]]["method"]
+        )
+    vals = [np.mean([b["validation"] for b in c["by_shots"]]) for c in ranked["columns"]]
+    assert vals == sorted(vals, reverse=True)  # ordered on validation
+    assert [b["shots"] for b in ranked["best_column_by_shots"]] == ["2", "all"]
+    assert ranked["references"] == {}  # no scratch ran: no reference rows
+    report = (out / "report.md").read_text()
+    assert "## Which column" in report and "| tiny:stages | 80 |" in report
+    assert "columns.png" in report and "each extracted on its own" in report
+    with Image.open(out / "columns.png") as im:
+        assert im.size[0] > 300
+    capsys.readouterr()
+
+
+def test_one_column_has_no_ranking(folder, tmp_path, capsys):
+    out, res = _compare(folder, tmp_path, "tiny", "--no-scratch", "--head", "ncm")
+    assert "columns" not in res and not (out / "columns.png").exists()
+    assert "Which column" not in (out / "report.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.slow  # ~80 s on 2 loaded cores: two networks trained end to end at 4 settings
+def test_finetune_and_scratch_column_rows(folder, tmp_path, capsys):
+    out, res = _compare(
+        folder, tmp_path, "tiny,tiny:stages", "--head", "ncm", "--scratch-epochs", "2",
+        "--finetune", "--scratch-column", "--column-epochs", "1", repeats="1",
+    )  # fmt: skip
+    rows = [r for r in res["rows"] if r["method"] in ("finetune", "scratch-column")]
+    assert {(r["method"], r["shots"]) for r in rows} == {
+        (m, s) for m in ("finetune", "scratch-column") for s in ("2", "all")
+    }
+    for r in rows:
+        assert r["n_train"] == (6 if r["shots"] == "2" else 21) and r["fit_seconds"] > 0
+    # colour classes: the tiny network trained end to end learns them with all images
+    for r in rows:
+        if r["shots"] == "all":
+            assert r["top1"] > 0.6, r
+    refs = res["columns"]["references"]
+    assert set(refs) == {"scratch", "finetune", "scratch-column"}
+    assert res["best_head"]["method"] == "ncm"  # a trained network is never the best *head*
+    prov = res["provenance"]
+    assert "BatchNorm statistics frozen" in prov["finetune"]
+    assert "re-initialised" in prov["scratch-column"]
+    report = (out / "report.md").read_text()
+    assert "| *finetune* (reference) |" in report and "| finetune |" in report
+    capsys.readouterr()
+
+
+def test_scratch_column_starts_from_other_weights(tmp_path):
+    from colhead.extract import get_column
+
+    spec = get_column("tiny")
+    X = np.stack([np.asarray(photo(i, size=(32, 32), cls=i % 3)) for i in range(6)])
+    y = np.arange(6) % 3
+    cfg = ColumnTrainConfig(epochs=1, min_steps=1, precision="fp32", device="cpu")
+    kw = dict(mean=spec.preprocess.mean, std=spec.preprocess.std, size=32, config=cfg)
+    pre = ColumnClassifier(lambda: spec.build(None)[0], pretrained=True, **kw)
+    scr = ColumnClassifier(lambda: spec.build(None)[0], pretrained=False, **kw)
+    w_built = spec.build(None)[0][0].weight.detach()
+    assert np.allclose(pre._model(3)[0][0].weight.detach(), w_built)
+    assert not np.allclose(scr._model(3)[0][0].weight.detach(), w_built)
+    p = scr.fit(X, y).predict_proba(X)
+    assert p.shape == (6, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="Expected uint8 images"):
+        scr.fit(X.astype(np.float32), y)
+
+
+def test_parse_and_align():
+    assert parse_columns(" a, b,a ") == ["a", "b"]
+    with pytest.raises(ValueError, match="names no column"):
+        parse_columns(" , ")
+
+    class Cache:
+        ids = np.array(["x", "y", "z"])
+        features = np.arange(6.0).reshape(3, 2)
+        path = "c.h5"
+
+    assert aligned_features(Cache, ["z", "x"], "test").tolist() == [[4, 5], [0, 1]]
+    with pytest.raises(ValueError, match="lacks 1 of the first column's images"):
+        aligned_features(Cache, ["x", "w"], "test")
