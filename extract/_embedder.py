@@ -73,7 +73,7 @@ class Embedder:
 
     def _load_openvino(self, weights, threads, cache_dir) -> None:
         from . import _openvino
-        from ._run import default_cache_dir
+        from ._result import default_cache_dir
 
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
         self._ov, self.weights_file, self.weights_sha256, self.dim = _openvino.load(
