@@ -131,6 +131,49 @@ def test_scratch_column_starts_from_other_weights(tmp_path):
         scr.fit(X.astype(np.float32), y)
 
 
+class FakeCache:
+    def __init__(self, ids, features, path="c.h5"):
+        self.ids, self.features, self.path = np.asarray(ids), features, path
+        self.identity, self.metadata = {"precision": "fp32"}, {"column": {"source": "x"}}
+
+
+def test_rank_columns_uses_the_first_columns_splits_and_shots():
+    """Vectors unrelated to the labels: scores depend on which images are labelled, so equal
+    entries for the same vectors under two names prove one split and one set of shots."""
+    from colhead.compare._columns import rank_columns
+    from colhead.heads import Method, make_head_for, run_comparison
+
+    rng = np.random.default_rng(0)
+    n = {"train": 60, "test": 30}
+    ids = {r: [f"{r}{i}" for i in range(k)] for r, k in n.items()}
+    X = {r: rng.normal(size=(k, 8)) for r, k in n.items()}
+    y = {r: rng.integers(0, 3, k) for r, k in n.items()}
+    heads = ["knn", "ncm"]
+    protocol = dict(y_train=y["train"], y_test=y["test"], n_classes=3, shots=[2, 5, "all"],
+                    repeats=2, seed=0, y_val=None)  # fmt: skip
+    methods = [Method(h, lambda k, h=h: make_head_for(h, k)) for h in heads]
+    first = run_comparison(methods, {"features": (X["train"], X["test"])}, log=print, **protocol)
+    arr = {r: (y[r], X[r], ids[r], None) for r in n}
+    rev = {r: np.arange(n[r])[::-1] for r in n}  # the same vectors stored in another order
+
+    def extract_all(specs, column):
+        if column == "twin":
+            caches = {r: FakeCache(np.asarray(ids[r])[rev[r]], X[r][rev[r]]) for r in n}
+        else:  # another column: other vectors
+            caches = {r: FakeCache(ids[r], rng.normal(size=(n[r], 8))) for r in n}
+        return None, caches, {"seconds": 0.0}
+
+    ranked = rank_columns(
+        ["first", "twin", "other"], first | {"pretrained": True}, specs={}, arr=arr,
+        roles=["train", "test"], heads=heads, protocol=protocol, extract_all=extract_all,
+        log=lambda s: None,
+    )  # fmt: skip
+    cols = {c["column"]: c for c in ranked["columns"]}
+    assert cols["first"]["by_shots"] == cols["twin"]["by_shots"]
+    assert cols["first"]["by_shots"] != cols["other"]["by_shots"]
+    assert [b["shots"] for b in ranked["best_column_by_shots"]] == ["2", "5", "all"]
+
+
 def test_parse_and_align():
     assert parse_columns(" a, b,a ") == ["a", "b"]
     with pytest.raises(ValueError, match="names no column"):
