@@ -9,7 +9,7 @@ nothing to tune, so it is sound with one label per class, where a probe's C cann
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.special import softmax
@@ -30,8 +30,13 @@ class NCMHead(HeadBase):
             standard deviations (Tibshirani's nearest shrunken centroids, computed by
             scikit-learn's ``NearestCentroid``), which drops features that do not separate the
             classes. Needs some class with 2 or more rows.
-        temperature: T of the softmax over cosine similarities in ``predict_proba``; it changes
-            the probabilities' sharpness, never the predicted class.
+        temperature: T of the softmax over cosine similarities in ``predict_proba`` (and of the
+            soft assignments when refining); it changes the probabilities' sharpness, never the
+            predicted class.
+        refine_steps: With ``X_unlabelled`` given to ``fit``, this many soft k-means steps move
+            each prototype towards the unlabelled vectors it softly claims (Ren et al. 2018,
+            https://arxiv.org/abs/1803.00676): semi-supervised, for when the images are there
+            but few have labels. 0, or no ``X_unlabelled``, is plain NCM.
 
     Attributes:
         classes_: Class labels, sorted.
@@ -43,18 +48,23 @@ class NCMHead(HeadBase):
     _parameter_constraints = {
         "shrink_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "temperature": [POSITIVE_REAL],
+        "refine_steps": [Interval(Integral, 0, None, closed="left")],
     }
 
-    def __init__(self, shrink_threshold=None, temperature=0.05):
+    def __init__(self, shrink_threshold=None, temperature=0.05, refine_steps=0):
         self.shrink_threshold = shrink_threshold
         self.temperature = temperature
+        self.refine_steps = refine_steps
 
-    def fit(self, X, y) -> NCMHead:
+    def fit(self, X, y, X_unlabelled=None) -> NCMHead:
         """Centre, normalise, and average each class into a unit-length prototype.
 
         Args:
             X: Training features, shape (n_samples, n_features).
             y: Class labels, shape (n_samples,).
+            X_unlabelled: Optional vectors of training images without labels (never test
+                images): they join the centring mean, and with ``refine_steps`` > 0 refine the
+                prototypes.
 
         Returns:
             self.
@@ -63,7 +73,11 @@ class NCMHead(HeadBase):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
-        self.mean_ = X.mean(axis=0, dtype=np.float64)
+        U = None
+        if X_unlabelled is not None and len(X_unlabelled):  # all labelled: nothing to add
+            U = validate_data(self, X_unlabelled, reset=False, dtype=[np.float64, np.float32])
+            X_all = np.concatenate([X, U]).astype(np.float64)
+        self.mean_ = (X if U is None else X_all).mean(axis=0, dtype=np.float64)
         Z = l2_normalise(X.astype(np.float64) - self.mean_)
         if self.shrink_threshold is None or len(classes) < 2:
             means = np.zeros((len(classes), X.shape[1]))
@@ -79,7 +93,18 @@ class NCMHead(HeadBase):
             means = means.centroids_
         self.classes_, self.class_counts_ = classes, counts
         self.prototypes_ = l2_normalise(means)
+        if U is not None and self.refine_steps and len(classes) > 1:
+            self._refine(Z, codes, l2_normalise(U.astype(np.float64) - self.mean_))
         return self
+
+    def _refine(self, Z: np.ndarray, codes: np.ndarray, U: np.ndarray) -> None:
+        """Soft k-means: labelled rows count fully for their class, unlabelled ones softly."""
+        sums = np.zeros_like(self.prototypes_)
+        np.add.at(sums, codes, Z)
+        for _ in range(self.refine_steps):
+            w = softmax(U @ self.prototypes_.T / self.temperature, axis=1)  # (n_unlabelled, k)
+            means = (sums + w.T @ U) / (self.class_counts_ + w.sum(axis=0))[:, None]
+            self.prototypes_ = l2_normalise(means)
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of cosine similarity / T, shape (n_samples, n_classes), as ``classes_``."""
@@ -89,7 +114,10 @@ class NCMHead(HeadBase):
         return softmax(sims / self.temperature, axis=1)
 
     def _fitted_settings(self) -> dict:
-        return {"min_class_count_": int(self.class_counts_.min())}
+        return {
+            "min_class_count_": int(self.class_counts_.min()),
+            "refine_steps": self.refine_steps,
+        }
 
     # Serialisation hooks for heads._io: learned arrays only, never pickled objects.
     def _export_state(self) -> dict[str, np.ndarray]:

@@ -579,3 +579,24 @@ def test_a_failed_save_leaves_the_old_head_whole(blobs, tmp_path, monkeypatch):
         save_head(small_head("ncm").fit(*blobs), path, meta={"v": 2})
     assert path.read_bytes() == before and load_head(path)[1] == {"v": 1}
     assert not list(tmp_path.glob(".*tmp"))  # the partial temp file is gone
+
+
+def test_ncm_refines_prototypes_on_unlabelled_vectors_only_when_asked():
+    from sklearn.datasets import make_blobs
+
+    from colhead.heads import NCMHead
+
+    # One labelled vector per cluster is a noisy prototype; the unlabelled vectors it softly
+    # claims pull it to the cluster's centre (soft k-means).
+    X_all, y_all = make_blobs(
+        n_samples=400, centers=4, n_features=8, cluster_std=3.0, random_state=0
+    )
+    labelled = np.array([np.flatnonzero(y_all == c)[0] for c in range(4)])
+    rest = np.setdiff1d(np.arange(400), labelled)
+    X, y, U = X_all[labelled], y_all[labelled], X_all[rest]
+    same = NCMHead(refine_steps=0).fit(X, y, X_unlabelled=U)  # same centring, no refinement
+    refined = NCMHead(refine_steps=5).fit(X, y, X_unlabelled=U)
+    plain = NCMHead().fit(X, y)
+    assert np.allclose(NCMHead(refine_steps=5).fit(X, y).prototypes_, plain.prototypes_)
+    acc = {k: h.score(U, y_all[rest]) for k, h in [("same", same), ("ref", refined)]}
+    assert acc["ref"] > acc["same"] + 0.015 and same.describe()["refine_steps"] == 0
