@@ -11,7 +11,7 @@ import numpy as np
 
 from .._device import autocast, resolve_device, resolve_precision
 from ._images import BadImage, decode, from_array
-from ._openvino import check_backend, identity_precision
+from ._openvino import BackendError, check_backend, identity_precision
 from ._registry import get_column
 from ._tuner import ThreadTuner
 
@@ -60,12 +60,12 @@ class Embedder:
             try:
                 self._load_openvino(weights, threads, cache_dir)
                 return
-            except Exception as e:  # auto: any conversion failure falls back to torch
+            except BackendError as e:  # auto: a conversion OpenVINO cannot do falls back
                 if backend == "openvino":
-                    raise
+                    raise RuntimeError(f"OpenVINO could not run column {column}: {e}.") from e
                 warnings.warn(
-                    f"OpenVINO could not run column {column} ({type(e).__name__}: "
-                    f"{str(e)[:200]}); using torch. Pass --backend torch to skip the attempt.",
+                    f"OpenVINO could not run column {column} ({e}); using torch. Pass "
+                    "--backend torch to skip the attempt.",
                     stacklevel=2,
                 )
                 self.backend = "torch"

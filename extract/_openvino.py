@@ -203,6 +203,14 @@ def read_meta(ir: Path) -> dict | None:
     return None
 
 
+class BackendError(RuntimeError):
+    """OpenVINO could not convert or compile the column (``auto`` then falls back to torch).
+
+    Errors of the column itself (no weights, a bad weights file) are not this: they propagate
+    as they would on torch, without a fallback attempt.
+    """
+
+
 def load(spec, weights, *, precision: str, threads: int | None, cache_dir: Path):
     """The column on OpenVINO: (OpenVINOColumn, weights file, weights sha256, dim).
 
@@ -215,29 +223,37 @@ def load(spec, weights, *, precision: str, threads: int | None, cache_dir: Path)
     located = spec.locate(weights) if spec.locate is not None else None
     if located is not None:
         sha = sha256_file(located)
-        ir = ir_dir(cache_dir, {"column": spec.name, "weights_sha256": sha, "preprocess": pre})
+        ir = _openvino_call(ir_dir, cache_dir, {"column": spec.name, "weights_sha256": sha,
+                                                "preprocess": pre})  # fmt: skip
         meta = read_meta(ir)
         if meta is not None:
-            col = OpenVINOColumn(ir, precision=precision, threads=threads)
+            col = _openvino_call(OpenVINOColumn, ir, precision=precision, threads=threads)
             return col, located, sha, int(meta["dim"])
     model, wfile, sha = spec.build(weights)
-    ir = ir_dir(cache_dir, {"column": spec.name, "weights_sha256": sha, "preprocess": pre})
+    col, dim = _openvino_call(_convert_and_compile, spec, model, sha, precision, threads, cache_dir)
+    return col, wfile, sha, dim
+
+
+def _openvino_call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # anything OpenVINO raises (its own types vary by version)
+        raise BackendError(f"{type(e).__name__}: {str(e)[:200]}") from e
+
+
+def _convert_and_compile(spec, model, sha, precision, threads, cache_dir):
+    pre = spec.preprocess
+    ir = ir_dir(
+        cache_dir, {"column": spec.name, "weights_sha256": sha, "preprocess": pre.to_dict()}
+    )
     meta = read_meta(ir)
     if meta is None:
         t = time.perf_counter()
-        ov_model = convert(
-            model, crop=spec.preprocess.crop, mean=spec.preprocess.mean, std=spec.preprocess.std
-        )
+        ov_model = convert(model, crop=pre.crop, mean=pre.mean, std=pre.std)
         dim = int(ov_model.outputs[0].get_partial_shape()[1].get_length())
-        meta = {
-            "column": spec.name,
-            "weights_sha256": sha,
-            "dim": dim,
-            "convert_s": round(time.perf_counter() - t, 2),
-        }
+        meta = {"column": spec.name, "weights_sha256": sha, "dim": dim,
+                "convert_s": round(time.perf_counter() - t, 2)}  # fmt: skip
         save(ov_model, ir, meta)
         if read_meta(ir) is None:  # not saved (read-only cache folder): compile from memory
-            col = OpenVINOColumn(ov_model, precision=precision, threads=threads)
-            return col, wfile, sha, dim
-    col = OpenVINOColumn(ir, precision=precision, threads=threads)
-    return col, wfile, sha, int(meta["dim"])
+            return OpenVINOColumn(ov_model, precision=precision, threads=threads), dim
+    return OpenVINOColumn(ir, precision=precision, threads=threads), int(meta["dim"])

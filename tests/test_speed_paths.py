@@ -211,3 +211,24 @@ def test_cpu_batches_load_in_parts_grouped_by_position():
     assert load_batches(plan, 64, cpu) == [[0, 1, 2], [17, 18], [40], [64, 65]]
     assert load_batches(plan, 64, cuda) == plan
     assert load_batches([[0, 1, 2, 3]], 20, cpu) == [[0, 1, 2, 3]]  # not a multiple of 16
+
+
+def test_auto_falls_back_to_torch_only_when_openvino_fails(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from colhead.extract import _openvino
+
+    def unsupported(*a, **k):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(_openvino, "convert", unsupported)
+    kw = dict(device="cpu", precision="fp32", cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="OpenVINO could not run column tiny.*unsupported op"):
+        assert Embedder("tiny", backend="auto", **kw).backend == "torch"
+    with pytest.raises(RuntimeError, match="OpenVINO could not run column tiny"):
+        Embedder("tiny", backend="openvino", **kw)
+    import warnings
+
+    with warnings.catch_warnings():  # the column's own error: raised as is, no fallback attempt
+        warnings.simplefilter("error")
+        with pytest.raises(FileNotFoundError, match="No weights file"):
+            Embedder("tiny", backend="auto", weights=tmp_path / "missing.pt", **kw)
