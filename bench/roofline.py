@@ -139,6 +139,7 @@ SPLITS = ((2, 1), (1, 1), (2, 2))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--images", type=int, default=None, help="camera JPEGs (60; quick 30)")
     args = p.parse_args(argv)
     q = args.quick
     cores = os.cpu_count() or 1
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     print(C.load_average() + " (other jobs share these cores)")
     with tempfile.TemporaryDirectory(prefix="colhead-bench-") as tmp:
         tmp = Path(tmp)
-        n = 40 if q else 120  # several batches, so decode and the column overlap
+        n = args.images or (30 if q else 60)  # several batches: decode and the column overlap
         C.write_camera_jpegs(tmp / "jpegs", n)
         ds = C.folder_dataset(tmp / "jpegs")
         blobs = [p.read_bytes() for p in ds.paths]
