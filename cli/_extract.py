@@ -20,6 +20,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--allow-absolute", action="store_true", help="CSV may list any path")
     p.add_argument("--retry-skipped", action="store_true", help="retry items skipped before")
     p.add_argument("--engine", default="local", choices=["local", "ray"])
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "cpu", "gpu"],
+        help="where JPEG batches are decoded and resized; auto: on the GPU when --device is "
+        "CUDA (nvJPEG, other images on the CPU), never on a CPU device",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the column (long GPU runs)"
+    )
     p.add_argument("--ray-address", default=None, help="Ray cluster address (engine ray)")
     p.set_defaults(func=_extract)
 
@@ -70,6 +80,10 @@ def _extract(args) -> int:
             data, split=args.split, allow_absolute=args.allow_absolute, **dataset_columns(args)
         )
     if args.engine == "ray":
+        if args.decode != "auto" or args.compile:
+            raise ValueError(
+                "--decode and --compile apply to the local engine; drop them or use --engine local."
+            )
         try:
             from ..extract import extract_ray
         except ImportError as e:
@@ -78,7 +92,7 @@ def _extract(args) -> int:
     else:
         from ..extract import extract
 
-        result = extract(args.column, data, **kwargs)
+        result = extract(args.column, data, decode=args.decode, compile=args.compile, **kwargs)
     print(printable(result.summary()))
     if result.skipped_now:
         print(

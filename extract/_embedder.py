@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._device import autocast, resolve_device, resolve_precision
+from ._gpu_decode import decode_batch, resolve_decode
 from ._images import BadImage, decode, from_array
 from ._openvino import BackendError, check_backend, identity_precision
 from ._registry import get_column
@@ -35,6 +36,9 @@ class Embedder:
         threads: the column's CPU threads (OpenVINO; torch's are set by the thread tuner).
         cache_dir: where OpenVINO's converted column is kept, in ``openvino/`` (default: the
             default cache folder, ``$COLHEAD_CACHE``, whatever folder the caches go to).
+        decode: "auto" | "cpu" | "gpu": where ``decode_batch`` decodes and resizes JPEGs;
+            auto = on the column's device when it is CUDA, never on the CPU (``_gpu_decode``).
+        compile: torch.compile the column (torch backend; pays off on long GPU runs).
     """
 
     def __init__(
@@ -48,12 +52,22 @@ class Embedder:
         backend: str = "auto",
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        decode: str = "auto",
+        compile: bool = False,
     ):
         self.spec = get_column(column)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.backend = check_backend(backend, self.device)
+        if compile and backend == "openvino":
+            raise ValueError(
+                "--compile compiles the torch column; it cannot go with --backend openvino. "
+                "Use --backend torch (or auto) with --compile, or drop --compile."
+            )
+        # compile asks for torch: auto would otherwise pick OpenVINO on the CPU
+        self.backend = check_backend("torch" if compile else backend, self.device)
         self.draft = draft
+        self.gpu_decode = resolve_decode(decode, self.device)
+        self.compiled = compile
         self.tuner: ThreadTuner | None = None  # set by the extractor when cores are shared
         self.model = self._ov = None
         if self.backend == "openvino":
@@ -90,6 +104,10 @@ class Embedder:
         self.channels_last = self.device.type == "cuda" or self.precision != "fp32"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.compiled:
+            # inductor fuses the column's ops: the same function within float rounding, so the
+            # cache identity stays (as cuDNN's choice of algorithm does); provenance records it
+            model = torch.compile(model)
         self.model = model
         pre = self.spec.preprocess
         # normalisation folded into one multiply-add on uint8 input, done on the device
@@ -139,10 +157,18 @@ class Embedder:
             return decode(bytes(image), self.spec.preprocess, draft=self.draft)
         return from_array(np.asarray(image), self.spec.preprocess)
 
+    def decode_batch(self, datas: list[bytes]):
+        """Bytes of image files -> (uint8 (B_ok, crop, crop, 3) on the device, reasons).
+
+        JPEGs are decoded and resized on the column's device, the rest by ``_images.decode``;
+        ``reasons[i]`` is None where item ``i`` decoded, else why not (see ``_gpu_decode``).
+        """
+        return decode_batch(datas, self.spec.preprocess, device=self.device, draft=self.draft)
+
     def forward(self, batch) -> np.ndarray:
         """uint8 (B, H, W, 3) array or tensor -> float32 (B, dim) vectors."""
         if self._ov is not None:
-            return self._ov(np.asarray(batch))
+            return self._ov(batch.cpu().numpy() if hasattr(batch, "cpu") else np.asarray(batch))
         import torch
 
         x = torch.as_tensor(batch)

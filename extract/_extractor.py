@@ -51,6 +51,8 @@ def extract(
     retry_skipped: bool = False,
     backend: str = "auto",
     threads: int | None = None,
+    decode: str = "auto",
+    compile: bool = False,
 ) -> ExtractResult:
     """Run ``column`` over ``data`` and stream the vectors into a cache; resume if it exists.
 
@@ -76,6 +78,10 @@ def extract(
             backend, auto keeps to that backend.
         threads: the column's CPU threads (default: the cores the decode workers leave, and on
             torch the thread tuner may take all cores when that measures faster).
+        decode: "auto" | "cpu" | "gpu": auto decodes JPEG batches on the column's device when it
+            is CUDA (workers then only read bytes), never on the CPU; other images and JPEGs the
+            device cannot take go to the CPU decoder, with the same skip reasons.
+        compile: torch.compile the column (long GPU runs); recorded in provenance, not identity.
 
     Returns:
         ExtractResult with counts and the time split.
@@ -113,6 +119,8 @@ def extract(
         draft=draft,
         backend=_backend_of_cache(out) if backend == "auto" else backend,
         threads=threads,
+        decode=decode,
+        compile=compile,
     )
     identity, metadata = describe(
         spec,
@@ -126,6 +134,8 @@ def extract(
             "backend": emb.backend,
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "batch_size": batch_size,
+            "decode": "device" if emb.gpu_decode else "cpu",
+            "compile": emb.compiled,
             "host": socket.gethostname(),
         },
     )
@@ -188,8 +198,20 @@ def _collate(samples):
 
     good = [s for s in samples if s[1] is not None]
     bad = [s for s in samples if s[1] is None]
-    x = torch.from_numpy(np.stack([s[1] for s in good])) if good else None
+    if any(isinstance(s[1], bytes) for s in good):  # raw items: decoded by decode_on
+        x = [s[1] for s in good]
+    else:
+        x = torch.from_numpy(np.stack([s[1] for s in good])) if good else None
     return good and [s[0] for s in good], x, [s[2] for s in good], [s[3] for s in good], bad
+
+
+def decode_on(emb: Embedder, datas, idx, hashes, stats, bad):
+    """Decode a batch of raw items with ``emb.decode_batch``; failures join ``bad`` (position,
+    None, hash, stat, reason) exactly as a decode worker would have reported them."""
+    x, reasons = emb.decode_batch(datas)
+    keep = [k for k, r in enumerate(reasons) if r is None]
+    bad = bad + [(idx[k], None, hashes[k], stats[k], r) for k, r in enumerate(reasons) if r]
+    return x, [idx[k] for k in keep], [hashes[k] for k in keep], [stats[k] for k in keep], bad
 
 
 def _backend_of_cache(out) -> str:
@@ -211,7 +233,7 @@ def _run(writer, emb: Embedder, ds, batch_size, cores, progress, retry_skipped, 
     p = begin(writer, ds, batch_size, retry_skipped=retry_skipped)
     n_workers, threads, fixed = cores
     loader = torch.utils.data.DataLoader(
-        Items(ds, emb.spec.preprocess, emb.draft),
+        Items(ds, emb.spec.preprocess, emb.draft, raw=emb.gpu_decode),
         batch_sampler=load_batches(p.batches, batch_size, emb.device),
         num_workers=n_workers,
         collate_fn=_collate,
@@ -229,6 +251,9 @@ def _run(writer, emb: Embedder, ds, batch_size, cores, progress, retry_skipped, 
     try:
         for idx, x, hashes, stats, bad in loader:
             t1 = time.perf_counter()
+            if isinstance(x, list):  # bytes: decoded in this process, on the column's device
+                x, idx, hashes, stats, bad = decode_on(emb, x, idx, hashes, stats, bad)
+                t1 = time.perf_counter()  # device decoding counts as reading
             read_s += t1 - tick
             feats = emb.forward(x) if idx else None
             t2 = time.perf_counter()

@@ -160,10 +160,13 @@ def describe(
 
 
 class Items:
-    """Map-style dataset over item positions: read, hash, decode. Runs in decode workers."""
+    """Map-style dataset over item positions: read, hash, decode. Runs in decode workers.
 
-    def __init__(self, ds: Dataset, pre, draft: bool):
-        self.ds, self.pre, self.draft = ds, pre, draft
+    ``raw``: return an item's bytes undecoded (the column's device decodes the batch).
+    """
+
+    def __init__(self, ds: Dataset, pre, draft: bool, *, raw: bool = False):
+        self.ds, self.pre, self.draft, self.raw = ds, pre, draft, raw
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -177,6 +180,8 @@ class Items:
         except OSError as e:
             return i, None, NO_HASH, st, f"cannot read: {e.strerror or type(e).__name__}"
         h = ds.content_hash(content)
+        if self.raw and isinstance(content, (bytes, bytearray)):
+            return i, bytes(content), h, st, None
         try:
             if isinstance(content, (bytes, bytearray)):
                 arr = decode(content, self.pre, draft=self.draft)
