@@ -81,6 +81,8 @@ def plot_columns(results: dict, path) -> bool:
             xs, [100 * by[order[i]]["test"] for i in xs], style, marker="s", markersize=4,
             color=colour, label=name,
         )  # fmt: skip
+    if results.get("classes"):  # balanced accuracy of guessing: one over the classes
+        ax.axhline(100 / len(results["classes"]), ls=":", color="k", lw=1, label="chance")
     ax.set_xticks(x, [_label(o) for o in order])
     ax.set_xlabel("labelled images per class")
     ax.set_ylim(0, 112)  # as the report's other plots: 100% and its error bar stay inside
