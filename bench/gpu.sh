@@ -9,9 +9,13 @@
 #  3. the same column and JPEGs: (a) the usual way (PIL full decode, torchvision transforms,
 #     DataLoader batch 32, fp32 forward), (b) colhead.extract with its defaults (AMP bf16,
 #     channels_last, draft decoding, all cores but one decoding) and with the old 2 workers,
-#     (c) batched GPU JPEG decode + resize on the GPU + bf16 forward. Every row builds its
-#     model inside its timer (as colhead.extract does), each row runs once untimed first
-#     (warm-up: files in the page cache, CUDA/nvjpeg initialised), then the rows interleave.
+#     (c) batched GPU JPEG decode + resize on the GPU + bf16 forward, (d) colhead.extract with
+#     --decode gpu (its CUDA default since issue 14: workers read bytes, nvJPEG decodes each
+#     batch, resize + crop + normalise on the GPU) side by side with (b) --decode cpu (today's
+#     colhead), and with --compile when COMPILE=1. Every row builds its model inside its timer
+#     (as colhead.extract does), each row runs once untimed first (warm-up: files in the page
+#     cache, CUDA/nvjpeg initialised), then the rows interleave.
+#     Target (issue 14): (d) >= 3x (b), colhead from JPEGs on the same machine.
 #
 #   bash bench/gpu.sh                          # ~2-4 minutes on one H100 with 16 cores
 #   N_JPEG=512 COMPILE=0 bash bench/gpu.sh     # more images, no torch.compile
@@ -266,30 +270,46 @@ def main():
     runs = C.interleaved(
         {
             "a": lambda: usual(ds, workers),
-            "b": lambda: ours(ds, tmp / "b.h5"),
-            "b2": lambda: ours(ds, tmp / "b2.h5", workers=2),
+            "b": lambda: ours(ds, tmp / "b.h5", decode="cpu"),
+            "b2": lambda: ours(ds, tmp / "b2.h5", workers=2, decode="cpu"),
             "c": lambda: gpu_path(paths),
+            "d": lambda: ours(ds, tmp / "d.h5", decode="gpu"),
+            **({"dc": lambda: ours(ds, tmp / "dc.h5", decode="gpu", compile=True)} if COMPILE
+               else {}),
         },
         1 if QUICK else 2,
         warmup=True,
     )
     fa, fc = runs["a"]["result"], runs["c"]["result"]
     fb, res = runs["b"]["result"]
-    ra, rb, rb2, rc = (n / runs[k]["median"] for k in ("a", "b", "b2", "c"))
+    fd, res_d = runs["d"]["result"]
+    ra, rb, rb2, rc, rd = (n / runs[k]["median"] for k in ("a", "b", "b2", "c", "d"))
     loop = n / (res.read_s + res.column_s + res.write_s)
     # random weights make every vector point roughly the same way: compare them centred
     mu = fa.mean(0)
     cb, cc = C.cosine_rows(fb - mu, fa - mu), C.cosine_rows(fc - mu, fa - mu)
+    cd = C.cosine_rows(fd - mu, fb - mu)
     bound = "decode-bound" if loop / d_draft > loop / rates["embedder"] else "column-bound"
     print(
         f"3. {COLUMN} (random weights) over the {n} JPEGs, end to end incl. model build "
         f"(median of {len(runs['a']['times'])} after one warm-up run each):\n"
         f"   (a) usual way, fp32, PIL full decode, {workers} workers  {ra:8.0f} img/s\n"
-        f"   (b) colhead.extract defaults ({res.precision}, draft, {workers} workers) "
+        f"   (b) colhead.extract --decode cpu ({res.precision}, draft, {workers} workers) "
         f"{rb:8.0f} img/s   (loop only {loop:.0f} img/s: read {res.read_s:.1f} s, column "
         f"{res.column_s:.1f} s, write {res.write_s:.2f} s)\n"
         f"   (b) with 2 workers (the old default)                     {rb2:8.0f} img/s\n"
         f"   (c) GPU decode_jpeg + GPU resize + bf16, one process       {rc:8.0f} img/s\n"
+        f"   (d) colhead.extract --decode gpu (the CUDA default)        {rd:8.0f} img/s   "
+        f"(loop: read+decode {res_d.read_s:.1f} s, column {res_d.column_s:.1f} s)\n"
+        + (
+            f"   (d) + --compile (compile time inside the timer)            "
+            f"{n / runs['dc']['median']:8.0f} img/s\n"
+            if COMPILE
+            else ""
+        )
+        + f"   GPU decode vs CPU decode, colhead from JPEGs: (d)/(b) {rd / rb:.2f}x "
+        f"(target >= 3x: {'holds' if rd / rb >= 3 else 'misses'}); centred cosine (d) to (b) "
+        f"mean {cd.mean():.4f} min {cd.min():.4f}\n"
         f"   ratios: (b)/(a) {rb / ra:.2f}x, (c)/(a) {rc / ra:.2f}x, (b) {workers} vs 2 workers "
         f"{rb / rb2:.2f}x\n"
         f"   centred cosine to (a) fp32: (b) mean {cb.mean():.4f} min {cb.min():.4f}; "
