@@ -137,7 +137,7 @@ class FakeCache:
         self.identity, self.metadata = {"precision": "fp32"}, {"column": {"source": "x"}}
 
 
-def test_rank_columns_uses_the_first_columns_splits_and_shots():
+def test_rank_columns_uses_the_first_columns_splits_and_shots(tmp_path):
     """Vectors unrelated to the labels: scores depend on which images are labelled, so equal
     entries for the same vectors under two names prove one split and one set of shots."""
     from colhead.compare._columns import rank_columns
@@ -172,6 +172,20 @@ def test_rank_columns_uses_the_first_columns_splits_and_shots():
     assert cols["first"]["by_shots"] == cols["twin"]["by_shots"]
     assert cols["first"]["by_shots"] != cols["other"]["by_shots"]
     assert [b["shots"] for b in ranked["best_column_by_shots"]] == ["2", "5", "all"]
+    # the report's section and plot read it: one row per column, one bold winner per shot count
+    from colhead.heads._columns_report import columns_section, plot_columns
+
+    lines = columns_section({"columns": ranked})
+    assert "| column | dims | 2 | 5 | all |" in lines
+    rows = [ln for ln in lines if ln.startswith("| first") or ln.startswith("| twin")]
+    rows += [ln for ln in lines if ln.startswith("| other")]
+    assert len(rows) == 3 and sum(ln.count("**") // 2 for ln in rows) == 3
+    for b in ranked["best_column_by_shots"]:  # the winner's own cell is the bold one
+        (row,) = [ln for ln in rows if ln.startswith(f"| {b['column']} |")]
+        assert f"**{100 * b['test']:.1f}" in row
+    assert plot_columns({"columns": ranked, "classes": ["a", "b", "c"]}, tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.size[0] > 300
 
 
 def test_parse_and_align():
