@@ -170,12 +170,14 @@ def test_compile_is_provenance_not_identity(image_folder, tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
     out = tmp_path / "c.h5"
     argv = "extract --column tiny --device cpu --precision fp32 --workers 0 --no-progress"
-    code = main(argv.split() + ["--data", f"folder:{image_folder}", "--out", str(out), "--compile"])
+    code = main(
+        argv.split()
+        + ["--data", f"folder:{image_folder}", "--out", str(out), "--compile", "--decode", "gpu"]
+    )
     assert code == 0 and len(compiled) == 1
     c = open_cache(out)
-    assert (
-        c.metadata["runs"][-1]["compile"] is True and c.metadata["runs"][-1]["backend"] == "torch"
-    )
+    run = c.metadata["runs"][-1]
+    assert (run["compile"], run["backend"], run["decode"]) == (True, "torch", "device")
     # --backend auto with --compile is torch (OpenVINO has nothing to compile)
     plain = colhead.extract(
         data=f"folder:{image_folder}", out=tmp_path / "p.h5", backend="torch", **FAST
