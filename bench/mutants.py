@@ -31,6 +31,23 @@ restores it even on Ctrl-C)::
 
 (the symlink makes ``import colhead`` load the clone: PYTHONPATH wins over an editable install).
 
+Issue 16's run (20 sites drawn per module with seed 0, 300 s per module; the "after" run re-ran
+the survivors with ``or mutants`` added to ``-k`` and tests/test_mutants_{heads,cache}.py added):
+
+    heads/_stats.py       tests/test_report.py -k 'intervals or natural'
+    heads/_knn.py         tests/test_heads.py -k knn
+    heads/_ncm.py         tests/test_heads.py -k ncm
+    heads/_logreg.py      tests/test_heads.py -k logreg
+    heads/_validation.py  tests/test_heads.py -k 'logreg or mlp'
+    heads/_registry.py    tests/test_heads.py -k 'registry or make_head or protocol or clone'
+    cache/_format.py      tests/test_reader_speed_paths.py tests/test_manage.py
+                          -k 'not readers_see and not many_writers'
+    cache/_files.py       tests/test_manage.py tests/test_cache_hardening.py
+                          -k 'gc or ls or fsync or merge'
+    cache/_lock.py        tests/test_manage.py -k 'lock or writer or ls or gc'
+    cache/_structure.py   tests/test_cache_hardening.py
+    cache/_export.py      tests/test_export.py
+
 ``--sample N`` draws N sites at random (``--seed``, default 0) when there are more; ``--only``
 re-runs chosen mutant ids (to show a new test kills them); ``--list`` prints the sites.
 """

@@ -165,14 +165,17 @@ def test_a_loaded_logreg_says_how_its_c_was_chosen(params, selection, tmp_path):
 
 
 # -- heads/_validation.py ------------------------------------------------------------------------
-def test_continuous_validation_labels_are_refused():
-    # _validation:72: `check_classification_targets(y_val)` removed accepted regression targets
-    from colhead.heads import LogRegHead
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_continuous_validation_labels_are_refused(name):
+    # _validation:72: `check_classification_targets(y_val)` removed: the MLP then trained with
+    # regression targets as its validation labels (logreg's final fit refuses them anyway)
+    from colhead.heads import make_head
 
     rng = np.random.default_rng(6)
     X, y = rng.normal(size=(20, 3)), np.repeat([0, 1], 10)
+    head = make_head(name, **({"max_epochs": 2} if name == "mlp" else {}))
     with pytest.raises(ValueError, match="Unknown label type"):
-        LogRegHead().fit(X, y, X_val=X[:4], y_val=np.array([0.5, 1.25, 0.1, 2.7]))
+        head.fit(X, y, X_val=X[:4], y_val=np.array([0.5, 1.25, 0.1, 2.7]))
 
 
 def test_validation_rows_must_match_their_labels():
@@ -226,8 +229,10 @@ def test_logreg_protocol_switches_at_the_documented_label_counts(per_class, want
 
 
 def test_the_registry_table_says_which_heads_run_by_default_and_take_validation_data():
-    # _registry:29 (`default` True -> False), :48 (`uses_val` False -> True), :78 (mlp's
-    # uses_val True -> False): compare passes X_val only to heads whose fit accepts it
+    # _registry:48 (`uses_val` False -> True), :78 (mlp's uses_val True -> False): compare
+    # passes X_val only to heads whose fit accepts it; :29 (`frozen=True` -> False): the one
+    # table cannot be changed behind its callers' backs
+    import dataclasses
     import inspect
 
     from colhead.heads import DEFAULT_HEADS, HEAD_KINDS
@@ -236,6 +241,8 @@ def test_the_registry_table_says_which_heads_run_by_default_and_take_validation_
     for name, kind in HEAD_KINDS.items():
         takes_val = "X_val" in inspect.signature(kind.cls.fit).parameters
         assert kind.uses_val == takes_val == (name in ("logreg", "mlp")), name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        HEAD_KINDS["knn"].uses_val = True
 
 
 def test_validation_features_of_another_width_are_refused_by_name():
