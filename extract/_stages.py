@@ -3,8 +3,9 @@
 - ``NAME:stages``: the global average of every stage's (block group's) output, concatenated with
   the column's final pooled vector, which stays the last ``dim`` values. Lower stages keep
   textures and edges that the last layer drops, which can matter for data far from ImageNet; a
-  linear head on all of them is the Head2Toe idea (Evci et al. 2022, https://arxiv.org/abs/2201.03529; issue 15). EfficientNet-Lite0
-  gives 16+24+40+80+112+192+320 + 1280 = 2,064 values.
+  linear head on all of them is the Head2Toe idea (Evci et al. 2022,
+  https://arxiv.org/abs/2201.03529; issue 15). EfficientNet-Lite0 gives
+  16+24+40+80+112+192+320 + 1280 = 2,064 values.
 - ``NAME:flip``: the vector averaged over the image and its mirror image (twice the compute).
 - ``NAME:stages+flip``: both.
 
