@@ -18,6 +18,11 @@ from ._stats import natural_order
 COLOURS = {"logreg": "#1f77b4", "mlp": "#2ca02c", "knn": "#9467bd", "ncm": "#ff7f0e"}
 COLOURS["scratch"] = "#d62728"
 COLOURS |= {"finetune": "#000000", "scratch-column": "#8c564b"}  # compare's opt-in rows
+LABELS = {  # rows that are not a head on the frozen column say what they are
+    "scratch": "scratch CNN (no pretraining)",
+    "finetune": "column fine-tuned end to end",
+    "scratch-column": "column's architecture, random init",
+}
 MAX_TICKS = 40  # above this many classes, label every k-th tick
 
 
@@ -117,7 +122,7 @@ def plot_vs_shots(results: dict, path) -> bool:
         ss = {s["shots"]: s for s in results["summary"] if s["method"] == m}
         y = np.array([ss[o][SELECT_METRIC] if o in ss else np.nan for o in order])
         cis = [ss[o].get(SELECT_METRIC + "_ci") if o in ss else None for o in order]
-        label = f"column + {m}" if m != "scratch" else "scratch CNN (no pretraining)"
+        label = LABELS.get(m, f"column + {m}")
         ax.errorbar(
             xs + dx, 100 * y, yerr=_yerr(y, cis), marker="o", capsize=3, color=colour(m),
             label=label, ls="--" if m == "scratch" else "-",
