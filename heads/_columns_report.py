@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._plots import _yerr
 from ._stats import format_ci
 
 REF_STYLE = {"scratch": ("#d62728", "--"), "scratch-column": ("#8c564b", ":")}
@@ -94,9 +95,3 @@ def plot_columns(results: dict, path) -> bool:
     fig.savefig(path, bbox_inches="tight")  # the legend outside the axes is kept
     plt.close(fig)
     return True
-
-
-def _yerr(values: np.ndarray, cis: list) -> np.ndarray:
-    lo = [v - c[0] if c else 0 for v, c in zip(values, cis)]
-    hi = [c[1] - v if c else 0 for v, c in zip(values, cis)]
-    return 100 * np.clip(np.array([lo, hi], dtype=float), 0, None)
