@@ -137,7 +137,17 @@ def timm_spec(name: str) -> ColumnSpec:
             model = timm.create_model(model_name, pretrained=False, num_classes=0)
             state = load_state_file(weights_file)
             state = {k: v for k, v in state.items() if not _is_classifier_key(model, k)}
-            model.load_state_dict(state, strict=False)
+            # Strict but for the classifier we dropped: strict=False once ran a timm column with
+            # 70 of 70 keys missing, i.e. random weights, without a word (issue 13).
+            result = model.load_state_dict(state, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise ValueError(
+                    f"{weights_file} does not hold the weights of timm model {model_name}: "
+                    f"{len(result.missing_keys)} of its keys are missing (e.g. "
+                    f"{result.missing_keys[:3]}) and {len(result.unexpected_keys)} are "
+                    f"unexpected (e.g. {result.unexpected_keys[:3]}). Pass the checkpoint of "
+                    "this exact model, or name the column it belongs to."
+                )
             return model, Path(weights_file), sha256_file(weights_file)
         if _offline():
             # huggingface_hub read HF_HUB_OFFLINE when timm imported it: set the live constant

@@ -99,3 +99,24 @@ def test_torchvision_column_loads_a_local_weights_file(tmp_path):
 def test_unknown_torchvision_model_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown torchvision classification model"):
         get_column("tv/resnet5000")
+
+
+def test_timm_column_refuses_a_weights_file_of_another_model(tmp_path):
+    # issue 13: strict=False once ran a timm column on random weights when the file held another
+    # model's keys; the classifier may be absent (a headless checkpoint), nothing else may.
+    import timm
+
+    good = tmp_path / "good.pth"
+    model = timm.create_model("resnet18", pretrained=False)
+    torch.save(model.state_dict(), good)
+    built, _, _ = get_column("timm/resnet18").build(good)
+    assert torch.equal(built.state_dict()["conv1.weight"], model.state_dict()["conv1.weight"])
+
+    headless = tmp_path / "headless.pth"
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, headless)
+    get_column("timm/resnet18").build(headless)
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), wrong)
+    with pytest.raises(ValueError, match="does not hold the weights of timm model resnet18"):
+        get_column("timm/resnet18").build(wrong)
