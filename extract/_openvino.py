@@ -19,6 +19,7 @@ fp32. What it takes:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -35,6 +36,10 @@ _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 # Bump when ``convert`` changes what it builds: the key of every converted model on disk holds
 # it, so an IR made by an older wrapper is never reused.
 CONVERT_VERSION = 1
+# The code that decides what network a column name builds. Its digest is in the key too: a
+# change to a builder (e.g. which stages ``:stages`` pools) once kept serving an IR converted by
+# the old code, with other dimensions, until the cache folder was cleared by hand.
+_CODE_FILES = ("_registry.py", "_columns.py", "_external.py", "_stages.py", "_openvino.py")
 
 
 def available() -> bool:
@@ -80,10 +85,20 @@ def ir_dir(cache_dir: Path, column_identity: dict) -> Path:
         "openvino": openvino.__version__,
         "micro_batch": MICRO_BATCH,
         "convert": CONVERT_VERSION,
+        "code": _code_digest(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key["column"])
     return cache_dir / "openvino" / f"{safe}.{digest}"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    h = hashlib.sha256()
+    for name in _CODE_FILES:
+        path = Path(__file__).with_name(name)
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
+    return h.hexdigest()[:16]
 
 
 class OpenVINOColumn:

@@ -232,3 +232,23 @@ def test_auto_falls_back_to_torch_only_when_openvino_fails(tmp_path, monkeypatch
         warnings.simplefilter("error")
         with pytest.raises(FileNotFoundError, match="No weights file"):
             Embedder("tiny", backend="auto", weights=tmp_path / "missing.pt", **kw)
+
+
+def test_openvino_conversion_is_redone_when_the_builder_code_changes(tmp_path, monkeypatch):
+    # A converted model is keyed by the code that builds the network too: a changed builder
+    # (e.g. which stages `:stages` pools) once kept serving an IR of the old network.
+    pytest.importorskip("openvino")
+    from colhead.extract import _openvino
+
+    ident = {"column": "tiny:stages", "weights_sha256": "0" * 64, "preprocess": {}}
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "_stages.py").write_text("POOL = 'every block'\n")
+    monkeypatch.setattr(_openvino, "__file__", str(code / "_openvino.py"))
+    _openvino._code_digest.cache_clear()
+    before = _openvino.ir_dir(tmp_path, ident)
+    assert _openvino.ir_dir(tmp_path, ident) == before
+    (code / "_stages.py").write_text("POOL = 'every stage'\n")
+    _openvino._code_digest.cache_clear()
+    assert _openvino.ir_dir(tmp_path, ident) != before
+    _openvino._code_digest.cache_clear()
