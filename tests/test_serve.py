@@ -27,8 +27,11 @@ FAST = {"precision": "fp32", "device": "cpu"}
 
 
 @contextlib.contextmanager
-def serving(app):
-    """Run ``app`` on a free loopback port in a thread; yield an httpx client for it."""
+def serve_app(app, *, join_s: float = 10.0, must_stop: bool = False):
+    """Run ``app`` on a free loopback port in a thread; yield (httpx client, uvicorn server).
+
+    ``must_stop``: fail when the server has not shut down ``join_s`` seconds after being told.
+    """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
@@ -41,11 +44,20 @@ def serving(app):
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
-            yield client
+            yield client, server
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(join_s)
+        if must_stop:
+            assert not thread.is_alive(), "the server did not shut down"
         sock.close()
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run ``app`` on a free loopback port in a thread; yield an httpx client for it."""
+    with serve_app(app) as (client, _server):
+        yield client
 
 
 def png(img) -> bytes:

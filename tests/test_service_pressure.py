@@ -7,9 +7,7 @@ image's error. The column's ``forward`` is wrapped to make it slow, stuck or fai
 """
 
 import concurrent.futures as cf
-import contextlib
 import io
-import socket
 import threading
 import time
 
@@ -22,7 +20,7 @@ pytest.importorskip("uvicorn")
 
 import uvicorn  # noqa: E402
 from PIL import Image, PngImagePlugin  # noqa: E402
-from test_serve import png, uploads  # noqa: E402
+from test_serve import png, serve_app, uploads  # noqa: E402
 
 from colhead import service  # noqa: E402
 from colhead.cli import main  # noqa: E402
@@ -32,24 +30,10 @@ FAST = {"precision": "fp32", "device": "cpu"}
 POISON = (255, 0, 255)  # a flat magenta image: the wrapped column fails on it
 
 
-@contextlib.contextmanager
 def serving(app):
-    """Serve ``app`` on a free loopback port in a thread; yield (httpx client, uvicorn server)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), 20)
-    assert server.started, "the server did not start"
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as c:
-            yield c, server
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive(), "the server did not shut down"
-        sock.close()
+    """Serve ``app`` on a free loopback port; yield (httpx client, uvicorn server). Shutdown must
+    finish within 20 s: these tests stop servers whose column is stuck or dead."""
+    return serve_app(app, join_s=20, must_stop=True)
 
 
 def app_with(forward_wrapper=None, **kw):
