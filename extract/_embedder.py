@@ -171,6 +171,8 @@ class Embedder:
             return self._ov(batch.cpu().numpy() if hasattr(batch, "cpu") else np.asarray(batch))
         import torch
 
+        if isinstance(batch, np.ndarray) and not batch.flags.writeable:
+            batch = batch.copy()  # e.g. np.asarray(PIL image): torch warns on read-only memory
         x = torch.as_tensor(batch)
         step = self.micro_batch or len(x)
         slices = [x[s : s + step] for s in range(0, len(x), step)] or [x]

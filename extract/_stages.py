@@ -7,7 +7,12 @@
   https://arxiv.org/abs/2201.03529; issue 15). EfficientNet-Lite0 gives
   16+24+40+80+112+192+320 + 1280 = 2,064 values.
 - ``NAME:flip``: the vector averaged over the image and its mirror image (twice the compute).
-- ``NAME:stages+flip``: both.
+- ``NAME:full``: the full image: the short side is resized to the input size itself, so the centre
+  crop trims only the long side (timm's ``crop_pct=1.0``). ImageNet's 87.5% centre crop assumes a
+  centred object in a cluttered frame; for small, tightly framed images (28x28 garments, 300x300
+  solar cells) it cuts away part of the object. Same network, other pixels.
+- Several joined by ``+`` (any order, named in the order above): ``NAME:stages+flip``,
+  ``NAME:flip+full``, ``NAME:stages+flip+full``.
 
 A variant is a column of its own: its name is in the cache identity (another file, another column
 key, so a head trained on one never reads the other), and its model is a plain ``nn.Module`` from
@@ -25,23 +30,34 @@ import inspect
 
 from ._registry import ColumnSpec, get_column, register_variants
 
-VARIANTS = {"stages": (True, False), "flip": (False, True), "stages+flip": (True, True)}
+# The options a variant name may join with "+", in the order of its canonical name.
+OPTIONS = ("stages", "flip", "full")
+# What ``colhead columns`` lists under every column (every combination parses).
+VARIANTS = ("stages", "flip", "full", "stages+flip", "flip+full", "stages+flip+full")
 _HOW = {
     "stages": "the global average of every stage's output, then the final vector",
-    "flip": "the vector averaged over the image and its mirror image",
-    "stages+flip": "every stage's global average, then the final vector, averaged over the "
-    "image and its mirror image",
+    "flip": "averaged over the image and its mirror image",
+    "full": "the full image (short side resized to the input size, no 87.5% centre crop)",
 }
 _SHORT = {
     "stages": "every stage pooled + the final vector",
     "flip": "mirror-averaged",
-    "stages+flip": "every stage pooled + the final vector, mirror-averaged",
+    "full": "full image, not centre-cropped",
 }
 _STAGES = (
     "timm forward_intermediates, for EfficientNet every block group blocks.0..N; torchvision "
     "layer1-4, RegNet trunk blocks or features[1:] less the head conv; or the builder's "
     "colhead_stages"
 )
+
+
+def parse_variant(suffix: str) -> tuple[str, ...] | None:
+    """The options of a variant suffix in canonical order ("flip+stages" -> stages, flip); None
+    when ``suffix`` is not made of variant options."""
+    given = suffix.split("+")
+    if not all(g in OPTIONS for g in given) or len(set(given)) != len(given):
+        return None
+    return tuple(o for o in OPTIONS if o in given)
 
 
 def resolve_variant(name: str) -> ColumnSpec | None:
@@ -53,38 +69,50 @@ def resolve_variant(name: str) -> ColumnSpec | None:
     base, sep, suffix = name.rpartition(":")
     if not sep or not base:
         return None
-    if suffix not in VARIANTS:
+    options = parse_variant(suffix)
+    if options is None:
         # torchvision weights are upper-case enum names (tv/resnet50:IMAGENET1K_V2): leave those
         # to the tv/ family, which lists the weights; anything else after ':' meant a variant
         if base.startswith("tv/") and ":" not in base and suffix == suffix.upper():
             return None
         raise ValueError(
             f"Unknown column variant {suffix!r} in {name!r}. Valid variants: "
-            f"{', '.join(VARIANTS)} (e.g. {base}:stages); see `colhead columns`."
+            f"{', '.join(OPTIONS)}, or several joined by '+' (e.g. {base}:stages+flip); see "
+            "`colhead columns`."
         )
-    if base.rpartition(":")[2] in VARIANTS:
+    if parse_variant(base.rpartition(":")[2]) is not None:
         raise ValueError(
-            f"Column {name!r} stacks two variants; name one variant, e.g. "
-            f"{base.rpartition(':')[0]}:stages+flip."
+            f"Column {name!r} stacks two variants; join the options with '+' after one ':', "
+            f"e.g. {base.rpartition(':')[0]}:stages+flip."
         )
-    return variant_spec(get_column(base), suffix)
+    return variant_spec(get_column(base), "+".join(options))
 
 
 def variant_spec(spec: ColumnSpec, variant: str) -> ColumnSpec:
-    """``spec`` turned into its ``variant``: same weights and preprocessing, another model."""
-    stages, flip = VARIANTS[variant]
+    """``spec`` turned into its ``variant``: same weights, another model and/or another crop."""
+    options = parse_variant(variant)
+    if options is None:
+        raise ValueError(f"{variant!r} is not a column variant; options: {', '.join(OPTIONS)}")
+    stages, flip, full = (o in options for o in OPTIONS)
 
     def build(weights_file=None):
         model, path, sha = spec.build(weights_file)
+        if not (stages or flip):  # :full changes the pixels only, never the network
+            return model, path, sha
         return wrap(model, stages=stages, flip=flip), path, sha
 
+    pre = spec.preprocess
+    if full:
+        pre = dataclasses.replace(pre, resize=pre.crop)
     return dataclasses.replace(
         spec,
         name=f"{spec.name}:{variant}",
         dim=spec.dim if not stages else None,  # the stage widths are known once built
+        preprocess=pre,
         build=build,
-        source=f"{spec.name}, {_SHORT[variant]}",
-        description=f"{spec.description} ({spec.source}); {variant}: {_HOW[variant]}"
+        source=f"{spec.name}, {', '.join(_SHORT[o] for o in options)}",
+        description=f"{spec.description} ({spec.source}); {variant}: "
+        + "; ".join(_HOW[o] for o in options)
         + (f" (stages: {_STAGES})" if stages else ""),
     )
 
@@ -264,6 +292,7 @@ def _FxTaps():
 
 register_variants(
     resolve_variant,
-    f"variants NAME:{', NAME:'.join(VARIANTS)} (every stage pooled + final; mirror-averaged)",
-    tuple(VARIANTS),
+    "variants NAME:stages, NAME:flip, NAME:full and their '+' joins (every stage pooled + final; "
+    "mirror-averaged; the full image, not centre-cropped)",
+    VARIANTS,
 )

@@ -1,4 +1,4 @@
-"""Column variants NAME:stages / :flip / :stages+flip (issue 15): widths, slices, identity, CLI."""
+"""Column variants NAME:stages / :flip / :full and joins (issue 15): widths, slices, crops, CLI."""
 
 from __future__ import annotations
 
@@ -62,6 +62,28 @@ def test_flip_averages_the_image_and_its_mirror(tiny):
     np.testing.assert_allclose(both.forward(x)[:, -32:], want, rtol=1e-5, atol=1e-6)
 
 
+def test_full_keeps_the_whole_short_side_and_the_same_network(tiny):
+    plain = tiny[0]
+    full = Embedder("tiny:full", backend="torch", precision="fp32")
+    assert get_column("tiny").preprocess.resize == 36  # tiny crops 32 of 36
+    assert full.spec.preprocess.resize == full.spec.preprocess.crop == 32
+    assert full.model is not None and type(full.model) is type(plain.model)  # no wrapper
+    # a 48x48 photo: the plain column sees its centre 32/36, :full sees all of it
+    img = np.asarray(photo(7, size=(48, 48), cls=3))
+    a, b = plain.preprocess(img), full.preprocess(img)
+    assert a.shape == b.shape == (32, 32, 3) and not np.array_equal(a, b)
+    from PIL import Image
+
+    whole = np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(b, whole)
+    np.testing.assert_array_equal(full.forward(b[None]), plain.forward(b[None]))
+    # options join in any order, under one canonical name and identity
+    spec = get_column("tiny:full+stages+flip")
+    assert spec.name == "tiny:stages+flip+full" and spec.preprocess.resize == 32
+    assert "full image" in spec.description and "stage" in spec.description
+    assert column_key(full.identity) != column_key(plain.identity)
+
+
 def test_a_variant_is_another_cache_identity(tiny):
     plain, stages, _ = tiny
     assert stages.identity["column"] == "tiny:stages"
@@ -95,12 +117,14 @@ def test_extract_cli_with_a_stages_column_end_to_end(image_folder, tmp_path, cap
 
 def test_unknown_or_stacked_variants_are_clear_errors():
     with pytest.raises(
-        ValueError, match=r"Unknown column variant 'foo'.*stages, flip, stages\+flip"
+        ValueError, match=r"Unknown column variant 'foo'.*stages, flip, full, or several joined"
     ):
         get_column("tiny:foo")
+    with pytest.raises(ValueError, match="Unknown column variant 'flip\\+flip'"):
+        get_column("tiny:flip+flip")
     with pytest.raises(ValueError, match="Unknown column variant 'bar'"):
         get_column("timm/resnet18:bar")
-    with pytest.raises(ValueError, match="stacks two variants.*tiny:stages\\+flip"):
+    with pytest.raises(ValueError, match="stacks two variants.*join the options.*tiny:stages\\+flip"):
         get_column("tiny:stages:flip")
     with pytest.raises(ValueError, match="Unknown column 'nope'"):
         get_column("nope:stages")
