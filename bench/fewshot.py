@@ -5,8 +5,9 @@ the registry (with the comparison protocol's settings, ``heads.make_protocol_hea
 ``n`` labelled images per class drawn from the training split and scored on the whole test split,
 ``--repeats`` seeds per shot count. Reference rows show what the protocol replaced ("logreg C=1,
 standardised": the old fixed-C probe; "mlp, no fallback": the MLP trained on any number of
-labels); the last row, NCM refined by soft k-means on the training split's unlabelled images, is
-semi-supervised (it sees those images, never their labels, and never the test images).
+labels; "ncm, no power transform": plain CL2N); the last row, NCM refined by soft k-means on
+the training split's unlabelled images, is semi-supervised (it sees those images, never their
+labels, and never the test images).
 
 Fashion-MNIST, 2,000 images (200 per class, seeded) from Debian's dataset-fashion-mnist::
 
@@ -14,6 +15,8 @@ Fashion-MNIST, 2,000 images (200 per class, seeded) from Debian's dataset-fashio
     python bench/fewshot.py --make-folder /tmp/fm2k          # 2,000 PNGs in class folders
     colhead extract --data folder:/tmp/fm2k --out /tmp/fm.h5  # default column, ~1 min
     python bench/fewshot.py /tmp/fm.h5                       # 1,500 train / 500 test
+    colhead extract --column efficientnet_lite0:full --data folder:/tmp/fm2k --out /tmp/fm_full.h5
+    python bench/fewshot.py /tmp/fm_full.h5 --repeats 20     # the full image, not centre-cropped
 
 It prints mean top-1 accuracy (%) and its standard deviation over the seeds, and the settings
 each head chose (``heads.describe_head``) at the first seed.
@@ -75,8 +78,9 @@ def methods():
         C=None if pc >= 5 else 1.0, random_state=s
     )
     out["mlp, no fallback (old)"] = lambda pc, s: MLPHead(random_state=s)
+    out["ncm, no power transform (old)"] = lambda pc, s: NCMHead()
     # Not supervised: also sees the training split's other images, without their labels.
-    out[SEMI] = lambda pc, s: NCMHead(refine_steps=5)
+    out[SEMI] = lambda pc, s: NCMHead(refine_steps=5, power=0.5)
     return out
 
 

@@ -5,6 +5,12 @@ Wang et al., "SimpleShot: Revisiting Nearest-Neighbor Classification for Few-Sho
 average each class into one prototype, and assign a query to the closest prototype. It has
 nothing to tune, so it is sound with one label per class, where a probe's C cannot be chosen
 (measured on Fashion-MNIST in issue 15: 60.4% at one label, logreg with C=1 33.7%).
+
+An optional power transform first (``power``; Hu et al., "Leveraging the Feature Distribution in
+Transfer-based Few-Shot Learning", https://arxiv.org/abs/2006.03806) makes the pooled
+activations' skewed, non-negative distributions closer to Gaussian, which class means suit
+better. Measured in ``bench/fewshot.py`` on Fashion-MNIST (20 seeds): +0.4 to +1.2 points at one
+and ten labels per class, +2 on stage features; the comparison protocol turns it on.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class NCMHead(HeadBase):
         temperature: T of the softmax over cosine similarities in ``predict_proba`` (and of the
             soft assignments when refining); it changes the probabilities' sharpness, never the
             predicted class.
+        power: None, or an exponent b: every value x becomes sign(x) |x|^b before centring
+            (b = 0.5 is the square root of non-negative activations).
         refine_steps: With ``X_unlabelled`` given to ``fit``, this many soft k-means steps move
             each prototype towards the unlabelled vectors it softly claims (Ren et al. 2018,
             https://arxiv.org/abs/1803.00676): semi-supervised, for when the images are there
@@ -49,12 +57,21 @@ class NCMHead(HeadBase):
         "shrink_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "temperature": [POSITIVE_REAL],
         "refine_steps": [Interval(Integral, 0, None, closed="left")],
+        "power": [Interval(Real, 0, 1, closed="right"), None],
     }
 
-    def __init__(self, shrink_threshold=None, temperature=0.05, refine_steps=0):
+    def __init__(self, shrink_threshold=None, temperature=0.05, refine_steps=0, power=None):
         self.shrink_threshold = shrink_threshold
         self.temperature = temperature
         self.refine_steps = refine_steps
+        self.power = power
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        """float64 vectors, power-transformed when ``power`` is set (before any centring)."""
+        X = X.astype(np.float64)
+        if self.power is None or self.power == 1:
+            return X
+        return np.sign(X) * np.abs(X) ** self.power
 
     def fit(self, X, y, X_unlabelled=None) -> NCMHead:
         """Centre, normalise, and average each class into a unit-length prototype.
@@ -76,9 +93,10 @@ class NCMHead(HeadBase):
         U = None
         if X_unlabelled is not None and len(X_unlabelled):  # all labelled: nothing to add
             U = validate_data(self, X_unlabelled, reset=False, dtype=[np.float64, np.float32])
-            X_all = np.concatenate([X, U]).astype(np.float64)
-        self.mean_ = (X if U is None else X_all).mean(axis=0, dtype=np.float64)
-        Z = l2_normalise(X.astype(np.float64) - self.mean_)
+            U = self._transform(U)
+        X = self._transform(X)
+        self.mean_ = (X if U is None else np.concatenate([X, U])).mean(axis=0)
+        Z = l2_normalise(X - self.mean_)
         if self.shrink_threshold is None or len(classes) < 2:
             means = np.zeros((len(classes), X.shape[1]))
             np.add.at(means, codes, Z)
@@ -94,7 +112,7 @@ class NCMHead(HeadBase):
         self.classes_, self.class_counts_ = classes, counts
         self.prototypes_ = l2_normalise(means)
         if U is not None and self.refine_steps and len(classes) > 1:
-            self._refine(Z, codes, l2_normalise(U.astype(np.float64) - self.mean_))
+            self._refine(Z, codes, l2_normalise(U - self.mean_))
         return self
 
     def _refine(self, Z: np.ndarray, codes: np.ndarray, U: np.ndarray) -> None:
@@ -110,13 +128,14 @@ class NCMHead(HeadBase):
         """Softmax of cosine similarity / T, shape (n_samples, n_classes), as ``classes_``."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        sims = l2_normalise(X.astype(np.float64) - self.mean_) @ self.prototypes_.T
+        sims = l2_normalise(self._transform(X) - self.mean_) @ self.prototypes_.T
         return softmax(sims / self.temperature, axis=1)
 
     def _fitted_settings(self) -> dict:
         return {
             "min_class_count_": int(self.class_counts_.min()),
             "refine_steps": self.refine_steps,
+            "power": self.power,
         }
 
     # Serialisation hooks for heads._io: learned arrays only, never pickled objects.

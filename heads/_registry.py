@@ -86,8 +86,8 @@ _KINDS = (
     HeadKind(
         "ncm",
         NCMHead,
-        "nearest class mean, CL2N vectors, cosine (SimpleShot)",
-        lambda per_class, seed: {},
+        "nearest class mean, square-root then CL2N vectors, cosine (SimpleShot)",
+        lambda per_class, seed: {"power": 0.5},
     ),
 )
 

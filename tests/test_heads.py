@@ -471,6 +471,29 @@ def test_ncm_matches_a_plain_implementation(blobs):
     assert sharp.predict_proba(X_test).max(axis=1).mean() > head.predict_proba(X_test).max(1).mean()
 
 
+def test_ncm_power_transform_comes_before_centring_and_is_the_protocols(blobs, tmp_path):
+    from colhead.heads import NCMHead, load_head, make_protocol_head, save_head
+
+    X, y = blobs
+    X = (X - X.min()).astype(np.float64)  # non-negative, like pooled activations
+    X_train, X_test, y_train = X[:200], X[200:], y[:200]
+    head = NCMHead(power=0.5).fit(X_train, y_train)
+    plain = NCMHead().fit(np.sqrt(X_train), y_train)  # the same head on square-rooted vectors
+    np.testing.assert_allclose(head.prototypes_, plain.prototypes_, atol=1e-12)
+    np.testing.assert_allclose(head.mean_, np.sqrt(X_train).mean(axis=0))
+    np.testing.assert_allclose(head.predict_proba(X_test), plain.predict_proba(np.sqrt(X_test)))
+    assert not np.allclose(head.prototypes_, NCMHead().fit(X_train, y_train).prototypes_)
+    # signed: a negative value keeps its sign (stage features can be negative)
+    np.testing.assert_allclose(head._transform(np.array([[-4.0, 9.0]])), [[-2.0, 3.0]])
+    protocol = make_protocol_head("ncm", 1)
+    assert protocol.power == 0.5
+    # a saved head predicts with its own power, whatever the class default
+    save_head(head, tmp_path / "ncm.head", meta={})
+    loaded, _ = load_head(tmp_path / "ncm.head")
+    assert loaded.power == 0.5
+    np.testing.assert_allclose(loaded.predict_proba(X_test), head.predict_proba(X_test))
+
+
 def test_ncm_shrinkage_uses_scikit_learns_shrunken_centroids(blobs):
     from sklearn.neighbors import NearestCentroid
 
