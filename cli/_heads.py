@@ -26,6 +26,12 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--head", default=None, help=HEADS_HELP)
     p.add_argument(
+        "--unlabelled",
+        default=None,
+        help="cache of images without labels, same column: semi-supervised heads (ncm-semi) "
+        "learn from them too; the others ignore them (default: none)",
+    )
+    p.add_argument(
         "--save",
         default=None,
         help="folder to save the fitted heads in, as NAME-HEAD.npz (default: not saved)",
@@ -126,6 +132,7 @@ def _heads(args) -> int:
         args.test,
         heads=parse_heads(args.head),
         val_path=args.val,
+        unlabelled_path=args.unlabelled,
         save_dir=args.save,
         name=args.name,
         log=(lambda s: None) if args.json else (lambda s: print(printable(s))),

@@ -90,12 +90,9 @@ def rank_columns(
     ``protocol`` holds ``run_comparison``'s keyword arguments (labels, shots, repeats, seed,
     validation labels), the same as the first column's run.
     """
-    from ..heads import Method, make_head_for, run_comparison
+    from ..heads import head_methods, run_comparison
 
-    seed = protocol["seed"]
-    methods = [
-        Method(h, lambda per_class, h=h: make_head_for(h, per_class, seed=seed)) for h in heads
-    ]
+    methods = head_methods(heads, seed=protocol["seed"])
 
     def run(feats, _heads):
         return run_comparison(methods, {"features": feats}, log=log, **protocol)

@@ -120,7 +120,7 @@ def compare(
         ScratchClassifier,
         ScratchConfig,
         head_kind,
-        make_head_for,
+        head_methods,
         parse_shots,
         run_comparison,
         write_report,
@@ -146,9 +146,7 @@ def compare(
     train = next(iter(caches.values()))
     pre = train.identity.get("preprocess") or train.metadata.get("preprocess")
 
-    methods = [
-        Method(h, lambda per_class, h=h: make_head_for(h, per_class, seed=seed)) for h in head_names
-    ]
+    methods = head_methods(head_names, seed=seed)
     data_arrays = {"features": tuple(arr[r][1] for r in roles)}
     cfg = ScratchConfig(seed=seed, device=device, progress=False)
     if scratch_epochs is not None:

@@ -128,11 +128,15 @@ def train_heads(
     *,
     heads=None,
     val_path=None,
+    unlabelled_path=None,
     save_dir=None,
     name: str | None = None,
     log=print,
 ) -> list[dict]:
     """Fit heads on a training cache, score them on a test cache, optionally save them.
+
+    ``unlabelled_path``: a cache of the same column whose rows' labels, if any, are ignored;
+    heads that learn from unlabelled vectors (``HeadKind.uses_unlabelled``) get them.
 
     Saved heads are named ``<name>-<head>.npz`` (``name`` defaults to the training data's name),
     and never overwrite a head of another training cache.
@@ -150,6 +154,12 @@ def train_heads(
         same_column(train, val, "validation")
         _, _, y_val = aligned_labels(train, val, role="validation")
         X_val = val.features
+    X_unl = None
+    if unlabelled_path is not None:
+        unl = open_cache(unlabelled_path)
+        same_column(train, unl, "unlabelled")
+        X_unl = unl.features
+        log(f"unlabelled: {len(X_unl)} vectors from {unlabelled_path}, for semi-supervised heads")
     log(describe_labels(classes, y_tr, "train"))
     log(describe_labels(classes, y_te, "test"))
     if save_dir is not None:
@@ -161,6 +171,8 @@ def train_heads(
         t0 = time.perf_counter()
         if X_val is not None and head_kind(kind).uses_val:
             head.fit(train.features, y_tr, X_val=X_val, y_val=y_val)
+        elif X_unl is not None and head_kind(kind).uses_unlabelled:
+            head.fit(train.features, y_tr, X_unlabelled=X_unl)
         else:
             head.fit(train.features, y_tr)
         t1 = time.perf_counter()

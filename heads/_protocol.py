@@ -41,6 +41,7 @@ class Method:
     name: str
     make: Callable[[int], object]
     input: str = "features"  # "features" | "images"
+    unlabelled: bool = False  # fit also gets X_unlabelled: the training pool less its labels
 
 
 def make_head_for(name: str, per_class: int, *, seed: int = 0):
@@ -51,6 +52,20 @@ def make_head_for(name: str, per_class: int, *, seed: int = 0):
     from ._registry import make_protocol_head
 
     return make_protocol_head(name, per_class, seed=seed)
+
+
+def head_methods(names, *, seed: int = 0) -> list[Method]:
+    """The comparison's competitors for the registry's head kinds ``names``."""
+    from ._registry import head_kind
+
+    return [
+        Method(
+            n,
+            lambda per_class, n=n: make_head_for(n, per_class, seed=seed),
+            unlabelled=head_kind(n).uses_unlabelled,
+        )
+        for n in names
+    ]
 
 
 def parse_shots(text: str) -> list[int | str]:
@@ -173,7 +188,10 @@ def run_comparison(
                 Xtr, Xval, Xte = split[m.input]
                 est = m.make(per_class)
                 t0 = time.perf_counter()
-                est.fit(Xtr[idx], y_pool[idx])
+                if m.unlabelled:  # the rest of the pool, labels withheld (never val/test)
+                    est.fit(Xtr[idx], y_pool[idx], X_unlabelled=np.delete(Xtr, idx, axis=0))
+                else:
+                    est.fit(Xtr[idx], y_pool[idx])
                 t1 = time.perf_counter()
                 proba = est.predict_proba(Xte)
                 t2 = time.perf_counter()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ._knn import KNNHead
 from ._logreg import LogRegHead
 from ._mlp import MLPHead
-from ._ncm import NCMHead
+from ._ncm import NCMHead, SemiNCMHead
 
 # Below this many labels per class the MLP's protocol falls back to the linear probe: measured
 # on Fashion-MNIST (bench/fewshot.py, seed 0), the hidden layer early-stopped on a held-out sliver
@@ -38,6 +38,9 @@ class HeadKind:
         protocol: ``(labels_per_class, seed) -> constructor params`` used by the comparison.
         default: Whether the comparison runs it when no ``--head`` list is given.
         uses_val: Whether ``fit`` accepts ``X_val``/``y_val`` (a validation cache).
+        uses_unlabelled: Whether ``fit`` learns from ``X_unlabelled``, the training images
+            without labels (semi-supervised; the comparison gives it the rest of the training
+            pool, never validation or test images).
     """
 
     name: str
@@ -46,6 +49,7 @@ class HeadKind:
     protocol: Callable[[int, int], dict]
     default: bool = True
     uses_val: bool = False
+    uses_unlabelled: bool = False
 
 
 def _logreg_protocol(per_class: int, seed: int) -> dict:
@@ -89,6 +93,14 @@ _KINDS = (
         "nearest class mean, square-root then CL2N vectors, cosine (SimpleShot)",
         lambda per_class, seed: {"power": 0.5},
     ),
+    HeadKind(
+        "ncm-semi",
+        SemiNCMHead,
+        "ncm, then 5 soft k-means steps over the training images without labels "
+        "(semi-supervised: sees those images, never their labels)",
+        lambda per_class, seed: {},
+        uses_unlabelled=True,
+    ),
 )
 
 HEAD_KINDS: dict[str, HeadKind] = {}
@@ -115,7 +127,7 @@ def make_head(name: str, **params):
     """A new, unfitted head by registry name, e.g. ``make_head("knn", k=10)``.
 
     Args:
-        name: One of ``HEADS``: "knn", "logreg", "mlp" or "ncm".
+        name: One of ``HEADS``: "knn", "logreg", "mlp", "ncm" or "ncm-semi".
         **params: Constructor parameters of that head.
 
     Returns:

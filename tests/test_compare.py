@@ -61,6 +61,32 @@ def test_heads_cli_trains_scores_and_saves(digit_caches, tmp_path, capsys):
     assert (tmp_path / "mytask-knn.npz").is_file()
 
 
+def test_heads_cli_gives_unlabelled_vectors_to_semi_supervised_heads(
+    digit_caches, tmp_path, capsys
+):
+    from colhead.heads import load_head
+
+    tr, te = digit_caches
+    argv = ["heads", "--train", te, "--test", tr, "--head", "ncm,ncm-semi"]
+    protos = {}
+    for run, extra in (("plain", []), ("unl", ["--unlabelled", tr])):
+        out = tmp_path / run
+        assert main([*argv, *extra, "--save", str(out), "--json"]) == 0
+        for kind in ("ncm", "ncm-semi"):
+            head, _ = load_head(out / f"digits-{kind}.npz")
+            protos[run, kind] = head.prototypes_
+    # without unlabelled vectors ncm-semi is ncm; with them only ncm-semi moves
+    np.testing.assert_allclose(protos["plain", "ncm-semi"], protos["plain", "ncm"])
+    np.testing.assert_allclose(protos["unl", "ncm"], protos["plain", "ncm"])
+    assert not np.allclose(protos["unl", "ncm-semi"], protos["plain", "ncm-semi"])
+    other = colhead.extract(
+        data="digits", split="test", out=tmp_path / "flip.h5", **{**FAST, "column": "tiny:flip"}
+    )
+    capsys.readouterr()
+    assert main([*argv, "--unlabelled", str(other.path)]) != 0
+    assert "the unlabelled cache" in capsys.readouterr().err
+
+
 def test_heads_prints_data_before_scores(digit_caches, capsys):
     tr, te = digit_caches
     assert main(["heads", "--train", tr, "--test", te, "--head", "knn"]) == 0

@@ -23,6 +23,7 @@ SMALL = {
     "mlp": {"hidden": 16, "max_epochs": 10, "lr": 1e-2, "batch_size": 64, "device": "cpu"},
     "knn": {"k": 5},
     "ncm": {},
+    "ncm-semi": {},
 }
 
 
@@ -87,7 +88,7 @@ def test_predict_proba_shape_and_rows_sum_to_one(name, digits):
 def test_make_head_builds_and_suggests():
     assert make_head("knn", k=3).get_params()["k"] == 3
     with pytest.raises(
-        ValueError, match=r"Unknown head 'logrg'; available: knn, logreg, mlp, ncm\. "
+        ValueError, match=r"Unknown head 'logrg'; available: knn, logreg, mlp, ncm, ncm-semi\. "
     ):
         make_head("logrg")
     with pytest.raises(ValueError, match="Did you mean 'logreg'"):
@@ -410,10 +411,11 @@ def test_registry_is_the_one_table():
     from colhead.heads import DEFAULT_HEADS, HEAD_KINDS, head_kind, kind_of
 
     assert HEADS == {name: kind.cls for name, kind in HEAD_KINDS.items()}
-    assert set(DEFAULT_HEADS) == {"logreg", "mlp", "knn", "ncm"}
+    assert set(DEFAULT_HEADS) == {"logreg", "mlp", "knn", "ncm", "ncm-semi"}
     for name, kind in HEAD_KINDS.items():
         assert kind.name == name and head_kind(name) is kind and kind.summary
         assert kind_of(kind.cls()) == name
+        assert kind.uses_unlabelled == (name == "ncm-semi")
     with pytest.raises(ValueError, match="Not a registered head: StandardScaler"):
         kind_of(StandardScaler())
 
@@ -492,6 +494,36 @@ def test_ncm_power_transform_comes_before_centring_and_is_the_protocols(blobs, t
     loaded, _ = load_head(tmp_path / "ncm.head")
     assert loaded.power == 0.5
     np.testing.assert_allclose(loaded.predict_proba(X_test), head.predict_proba(X_test))
+
+
+def test_comparison_gives_unlabelled_heads_the_pool_less_its_labels_only(blobs):
+    from colhead.heads import SemiNCMHead, head_methods, run_comparison
+
+    X, y = blobs
+    X_tr, y_tr, X_te, y_te = X[:200], y[:200], X[200:], y[200:]
+    seen = []
+
+    class Spy(SemiNCMHead):
+        def fit(self, X, y, X_unlabelled=None):
+            seen.append((X.copy(), X_unlabelled))
+            return super().fit(X, y, X_unlabelled=X_unlabelled)
+
+    (plain,) = head_methods(["ncm"])
+    (semi,) = head_methods(["ncm-semi"])
+    assert semi.unlabelled and not plain.unlabelled
+    semi.make = lambda per_class: Spy()
+    out = run_comparison([semi], {"features": (X_tr, X_te)}, y_tr, y_te, n_classes=4,
+                         shots=[2, "all"], repeats=1, log=lambda m: None)  # fmt: skip
+    (Xl, U), (Xall, Uall) = seen
+    # 2 labelled per class; the unlabelled rows are the other training rows, none of the test
+    # rows or the validation rows carved from training, and none of the labelled ones
+    assert len(Xl) == 8 and len(Uall) == 0
+    rows = {r.tobytes() for r in X_tr.astype(U.dtype)}
+    assert len(U) + len(Xl) == len(Xall) < len(X_tr)  # the validation split is held out
+    assert all(r.tobytes() in rows for r in U)
+    assert not {r.tobytes() for r in U} & {r.tobytes() for r in Xl}
+    assert not {r.tobytes() for r in U} & {r.tobytes() for r in X_te.astype(U.dtype)}
+    assert {r["method"] for r in out["rows"]} == {"ncm-semi"}
 
 
 def test_ncm_shrinkage_uses_scikit_learns_shrunken_centroids(blobs):

@@ -237,7 +237,7 @@ def test_the_registry_table_says_which_heads_run_by_default_and_take_validation_
 
     from colhead.heads import DEFAULT_HEADS, HEAD_KINDS
 
-    assert DEFAULT_HEADS == ("logreg", "mlp", "knn", "ncm")
+    assert DEFAULT_HEADS == ("logreg", "mlp", "knn", "ncm", "ncm-semi")
     for name, kind in HEAD_KINDS.items():
         takes_val = "X_val" in inspect.signature(kind.cls.fit).parameters
         assert kind.uses_val == takes_val == (name in ("logreg", "mlp")), name

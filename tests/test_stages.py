@@ -124,7 +124,9 @@ def test_unknown_or_stacked_variants_are_clear_errors():
         get_column("tiny:flip+flip")
     with pytest.raises(ValueError, match="Unknown column variant 'bar'"):
         get_column("timm/resnet18:bar")
-    with pytest.raises(ValueError, match="stacks two variants.*join the options.*tiny:stages\\+flip"):
+    with pytest.raises(
+        ValueError, match=r"stacks two variants.*join the options.*tiny:stages\+flip"
+    ):
         get_column("tiny:stages:flip")
     with pytest.raises(ValueError, match="Unknown column 'nope'"):
         get_column("nope:stages")
