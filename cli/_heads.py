@@ -9,9 +9,20 @@ import time
 from ._options import DEFAULT_COLUMN, add_device_args
 from ._text import printable
 
-# The demo shows the stage features beside the plain column (issue 15); Lite1/Lite2 can join, where
-# their packages are installed, by --column (each column extracted costs the demo time).
+# The demo shows the stage features beside the plain column (issue 15), and ranks Lite1/Lite2 too
+# where their packages (the `columns` extra) are installed: each column extracted costs the demo
+# time (~2.5 min each for elpv on 2 cores), so only a user who installed them pays it.
 DEMO_COLUMNS = f"{DEFAULT_COLUMN},{DEFAULT_COLUMN}:stages"
+
+
+def demo_columns() -> str:
+    """The demo's columns: ``DEMO_COLUMNS``, then every larger Lite column that is installed."""
+    from ..extract import get_column
+
+    more = [f"efficientnet_lite{n}" for n in (1, 2)]
+    return ",".join([DEMO_COLUMNS, *(c for c in more if get_column(c).available())])
+
+
 # The default is the head registry's default set, read when the command runs: importing the
 # heads (torch, scikit-learn) to print --help would take seconds.
 HEADS_HELP = "comma-separated head kinds, e.g. logreg,knn (default: the registry's default set)"
@@ -73,9 +84,10 @@ def _add_compare_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None
     )
     p.add_argument(
         "--column",
-        default=DEMO_COLUMNS if demo else DEFAULT_COLUMN,
+        default=None if demo else DEFAULT_COLUMN,
         help="column name (colhead columns), or several A,B,...: the first gets the full "
-        "comparison, each other its heads on the same splits and shots, and the report ranks them",
+        "comparison, each other its heads on the same splits and shots, and the report ranks them"
+        + (f" (default: {DEMO_COLUMNS}, then Lite1/Lite2 where installed)" if demo else ""),
     )
     p.add_argument("--shots", default="1,5,10,all", help="labelled images per class")
     p.add_argument("--repeats", type=int, default=3, help="seeds per shot count")
@@ -154,7 +166,7 @@ def _compare(args) -> int:
         train_data=args.train_data,
         test_data=args.test_data,
         val_data=args.val_data,
-        column=args.column,
+        column=args.column or demo_columns(),
         shots=shots,
         repeats=repeats,
         heads=args.head,

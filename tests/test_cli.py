@@ -107,3 +107,19 @@ def test_demo_quick(tmp_path, monkeypatch, capsys):
     text = (out / "report.md").read_text()
     assert text.startswith("# efficientnet_lite0 (pretrained) on elpv")
     capsys.readouterr()
+
+
+def test_demo_ranks_the_larger_lite_columns_only_where_installed(monkeypatch):
+    from pathlib import Path
+
+    from colhead.cli._heads import DEMO_COLUMNS, demo_columns
+    from colhead.extract import _columns
+
+    real = _columns._lite_file
+    monkeypatch.setattr(_columns, "_lite_file", lambda n: real(0) if n in (0, 1) else None)
+    assert demo_columns() == f"{DEMO_COLUMNS},efficientnet_lite1"
+    assert DEMO_COLUMNS.split(",") == ["efficientnet_lite0", "efficientnet_lite0:stages"]
+    monkeypatch.setattr(_columns, "_lite_file", lambda n: Path("/nonexistent") if n else real(0))
+    assert demo_columns() == f"{DEMO_COLUMNS},efficientnet_lite1,efficientnet_lite2"
+    monkeypatch.setattr(_columns, "_lite_file", lambda n: real(0) if n == 0 else None)
+    assert demo_columns() == DEMO_COLUMNS
