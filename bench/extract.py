@@ -196,6 +196,7 @@ def probe(n_images: int | None, folds: int = 5, repeats: int = 2, save: Path | N
 
     tr, te = C.elpv_subset("train", None), C.elpv_subset("test", None)
     paths, y = list(tr.paths) + list(te.paths), np.array(list(tr.labels) + list(te.labels))
+    y = np.unique(y, return_inverse=True)[1]  # class codes 0..k-1, whatever the labels are
     if n_images is not None and n_images < len(y):
         keep = np.sort(np.random.default_rng(0).choice(len(y), n_images, replace=False))
         paths, y = [paths[i] for i in keep], y[keep]

@@ -76,8 +76,9 @@ def extract(
         backend: "auto" | "torch" | "openvino" (CPU). auto = OpenVINO on the CPU where it is
             installed and converts the column, else torch; resuming a cache made by one
             backend, auto keeps to that backend.
-        threads: the column's CPU threads (default: the cores the decode workers leave, and on
-            torch the thread tuner may take all cores when that measures faster).
+        threads: the column's CPU threads (default: OpenVINO all cores, its threads sharing
+            them with the decode workers; torch the cores the workers leave, and the thread
+            tuner may take all cores when that measures faster).
         decode: "auto" | "cpu" | "gpu": auto decodes JPEG batches on the column's device when it
             is CUDA (workers then only read bytes), never on the CPU; other images and JPEGs the
             device cannot take go to the CPU decoder, with the same skip reasons.
@@ -118,7 +119,11 @@ def extract(
         weights=weights,
         draft=draft,
         backend=_backend_of_cache(out) if backend == "auto" else backend,
-        threads=threads,
+        # OpenVINO's threads: all cores unless the caller fixed them. Beside 2 decode workers on
+        # 2 cores, 2 OpenVINO threads ran 3-10% faster than 1 on quiet cores and within noise
+        # under load (bench/roofline.py, 60 and 400 camera JPEGs); its idle threads yield, unlike
+        # torch's OpenMP ones, which the thread tuner keeps to the cores the workers leave.
+        threads=threads if fixed else None,
         decode=decode,
         compile=compile,
     )

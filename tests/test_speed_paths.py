@@ -252,3 +252,23 @@ def test_openvino_conversion_is_redone_when_the_builder_code_changes(tmp_path, m
     _openvino._code_digest.cache_clear()
     assert _openvino.ir_dir(tmp_path, ident) != before
     _openvino._code_digest.cache_clear()
+
+
+def test_openvino_gets_every_core_unless_the_caller_fixes_its_threads(
+    image_folder, tmp_path, monkeypatch
+):
+    import os
+
+    import colhead
+
+    pytest.importorskip("openvino")
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: every choice is 1 thread")
+    monkeypatch.setenv("COLHEAD_CACHE", str(tmp_path / "cache"))
+    data = f"folder:{image_folder}"
+    # as many decode workers as cores: torch's column would get the 1 core they "leave"
+    kw = dict(backend="openvino", workers=cores, progress=False)
+    auto = colhead.extract("tiny", data, out=tmp_path / "a.h5", **kw)
+    fixed = colhead.extract("tiny", data, out=tmp_path / "b.h5", threads=1, **kw)
+    assert auto.threads == cores and fixed.threads == 1
