@@ -49,7 +49,8 @@ def _columns(args) -> int:
             f"{r['source']}"
         )
     print(
-        "\nAlso: tv/NAME (any torchvision classifier) and timm/NAME (any timm model); these "
+        "\nVariants join with '+' after one ':', e.g. efficientnet_lite0:stages+full.\n"
+        "Also: tv/NAME (any torchvision classifier) and timm/NAME (any timm model); these "
         "download their weights when online, or take --weights FILE."
     )
     return 0

@@ -32,8 +32,8 @@ from ._registry import ColumnSpec, get_column, register_variants
 
 # The options a variant name may join with "+", in the order of its canonical name.
 OPTIONS = ("stages", "flip", "full")
-# What ``colhead columns`` lists under every column (every combination parses).
-VARIANTS = ("stages", "flip", "full", "stages+flip", "flip+full", "stages+flip+full")
+# What ``colhead columns`` lists under every column; any '+' join of them parses too.
+VARIANTS = OPTIONS
 _HOW = {
     "stages": "the global average of every stage's output, then the final vector",
     "flip": "averaged over the image and its mirror image",

@@ -112,7 +112,8 @@ def test_extract_cli_with_a_stages_column_end_to_end(image_folder, tmp_path, cap
     np.testing.assert_allclose(stages.features[:, -32:], plain.features, rtol=1e-4, atol=1e-5)
     assert main(["columns"]) == 0
     listed = capsys.readouterr().out
-    assert "tiny:stages" in listed and "efficientnet_lite0:stages+flip" in listed
+    assert "tiny:stages" in listed and "efficientnet_lite0:full" in listed
+    assert "joined" not in listed and "e.g. efficientnet_lite0:stages+full" in listed
 
 
 def test_unknown_or_stacked_variants_are_clear_errors():
