@@ -26,6 +26,7 @@ names its stage modules in a ``colhead_stages`` attribute (the ``tiny`` column).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 
 from ._registry import ColumnSpec, get_column, register_variants
@@ -75,8 +76,11 @@ def resolve_variant(name: str) -> ColumnSpec | None:
         # to the tv/ family, which lists the weights; anything else after ':' meant a variant
         if base.startswith("tv/") and ":" not in base and suffix == suffix.upper():
             return None
+        close = [difflib.get_close_matches(t, OPTIONS, n=1) for t in suffix.split("+")]
+        guess = "+".join(c[0] if c else t for c, t in zip(close, suffix.split("+")))
+        hint = f" Did you mean {base}:{guess}?" if parse_variant(guess) else ""
         raise ValueError(
-            f"Unknown column variant {suffix!r} in {name!r}. Valid variants: "
+            f"Unknown column variant {suffix!r} in {name!r}.{hint} Valid variants: "
             f"{', '.join(OPTIONS)}, or several joined by '+' (e.g. {base}:stages+flip); see "
             "`colhead columns`."
         )

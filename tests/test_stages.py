@@ -123,6 +123,8 @@ def test_unknown_or_stacked_variants_are_clear_errors():
         get_column("tiny:foo")
     with pytest.raises(ValueError, match="Unknown column variant 'flip\\+flip'"):
         get_column("tiny:flip+flip")
+    with pytest.raises(ValueError, match=r"Did you mean tiny:stages\+full\?"):
+        get_column("tiny:stage+ful")
     with pytest.raises(ValueError, match="Unknown column variant 'bar'"):
         get_column("timm/resnet18:bar")
     with pytest.raises(
