@@ -64,8 +64,10 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--quick", action="store_true", help="smaller run: shots 1,all, 1 repeat, 5 scratch epochs"
     )
-    # Sized for a laptop: a few minutes on 2 CPU cores, most of it the one-off extraction.
-    p.set_defaults(shots="1,10,all", repeats=2, scratch_epochs=10, func=_compare)
+    # Sized for a laptop: a few minutes on 2 CPU cores, most of it the one-off extraction. 5
+    # repeats: a few-shot repeat costs seconds (heads, and the scratch CNN on 4-40 images), and
+    # the t-interval over 2 repeats (12.7 standard errors) spanned 0-100% at 1 and 10 labels.
+    p.set_defaults(shots="1,10,all", repeats=5, scratch_epochs=10, func=_compare)
 
 
 def _add_compare_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
