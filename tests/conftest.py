@@ -43,6 +43,15 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture
+def bigger_folder(image_folder) -> Path:
+    """``image_folder`` with 8 more PNGs per class: 12 per class, enough to split and repeat."""
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        for i in range(4, 12):
+            write_image(image_folder / name / f"x{i}.png", photo(100 + 20 * c + i, cls=c))
+    return image_folder
+
+
 def broken_files(root: Path) -> dict[str, str]:
     """Write unreadable 'images' under root; return {relative path: expected reason words}."""
     root.mkdir(parents=True, exist_ok=True)

@@ -130,14 +130,6 @@ def test_heads_cli_rejects_unknown_head(digit_caches, capsys):
     assert "Did you mean 'logreg'" in capsys.readouterr().err
 
 
-@pytest.fixture
-def bigger_folder(image_folder):
-    for c, name in enumerate(["cat", "dog", "eel"]):  # 12 per class
-        for i in range(4, 12):
-            write_image(image_folder / name / f"x{i}.png", photo(100 + 20 * c + i, cls=c))
-    return image_folder
-
-
 def test_compare_writes_report_json_and_plots(bigger_folder, tmp_path, capsys):
     out = tmp_path / "rep"
     args = ["compare", "--data", f"folder:{bigger_folder}", "--column", "tiny", "--precision",

@@ -11,15 +11,12 @@ from PIL import Image
 from colhead.cli import main
 from colhead.compare._columns import aligned_features, parse_columns
 from colhead.compare._finetune import ColumnClassifier, ColumnTrainConfig
-from conftest import photo, write_image
+from conftest import photo
 
 
 @pytest.fixture
-def folder(image_folder):
-    for c, name in enumerate(["cat", "dog", "eel"]):  # 12 per class
-        for i in range(4, 12):
-            write_image(image_folder / name / f"x{i}.png", photo(100 + 20 * c + i, cls=c))
-    return image_folder
+def folder(bigger_folder):
+    return bigger_folder
 
 
 @pytest.fixture
