@@ -16,6 +16,9 @@ from ._stats import format_ci
 
 REF_STYLE = {"scratch": ("#d62728", "--"), "scratch-column": ("#8c564b", ":")}
 REF_STYLE["finetune"] = ("#000000", "-.")
+# The columns' lines: tab10 without the red, brown and grey of the references (a fourth column
+# was drawn in the scratch CNN's red).
+COLUMN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#e377c2", "#bcbd22", "#17becf")
 
 
 def _label(shots: str) -> str:
@@ -66,13 +69,12 @@ def plot_columns(results: dict, path) -> bool:
     order = [b["shots"] for b in cols[0]["by_shots"]]
     x = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(6.8, 4.0), dpi=120)
-    cmap = plt.get_cmap("tab10")
     for k, c in enumerate(cols):
         v = np.array([b["test"] for b in c["by_shots"]])
         ax.errorbar(
             x + 0.04 * (k - len(cols) / 2), 100 * v,
             yerr=_yerr(v, [b["test_ci"] for b in c["by_shots"]]),
-            marker="o", capsize=3, color=cmap(k % 10), label=f"{c['column']} ({c['dim']} d)",
+            marker="o", capsize=3, color=COLUMN_COLOURS[k % len(COLUMN_COLOURS)], label=f"{c['column']} ({c['dim']} d)",
         )  # fmt: skip
     for name, rows in (results["columns"].get("references") or {}).items():
         by = {r["shots"]: r for r in rows}

@@ -198,3 +198,26 @@ def test_parse_and_align():
     assert aligned_features(Cache, ["z", "x"], "test").tolist() == [[4, 5], [0, 1]]
     with pytest.raises(ValueError, match="lacks 1 of the first column's images"):
         aligned_features(Cache, ["x", "w"], "test")
+
+
+def test_column_lines_never_take_a_references_colour(tmp_path, monkeypatch):
+    import matplotlib.axes
+    from matplotlib.colors import to_hex
+
+    from colhead.heads._columns_report import REF_STYLE, plot_columns
+
+    seen = []
+    errorbar = matplotlib.axes.Axes.errorbar
+
+    def spy(self, *args, **kwargs):
+        seen.append(to_hex(kwargs["color"]))
+        return errorbar(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    shot = [{"shots": "1", "test": 0.5, "test_ci": [0.4, 0.6]}]
+    cols = [{"column": f"c{k}", "dim": 8, "by_shots": shot} for k in range(6)]
+    refs = {name: [{"shots": "1", "test": 0.3}] for name in REF_STYLE}
+    results = {"columns": {"columns": cols, "references": refs}, "classes": ["a", "b"]}
+    assert plot_columns(results, tmp_path / "c.png")
+    assert len(seen) == 6 and len(set(seen)) == 6  # six columns, six colours
+    assert not set(seen) & {to_hex(colour) for colour, _ in REF_STYLE.values()}
