@@ -31,10 +31,9 @@ import inspect
 
 from ._registry import ColumnSpec, get_column, register_variants
 
-# The options a variant name may join with "+", in the order of its canonical name.
+# The options a variant name may join with "+", in the order of its canonical name; ``colhead
+# columns`` lists each under every column (any '+' join of them parses too).
 OPTIONS = ("stages", "flip", "full")
-# What ``colhead columns`` lists under every column; any '+' join of them parses too.
-VARIANTS = OPTIONS
 _HOW = {
     "stages": "the global average of every stage's output, then the final vector",
     "flip": "averaged over the image and its mirror image",
@@ -76,8 +75,8 @@ def resolve_variant(name: str) -> ColumnSpec | None:
         # to the tv/ family, which lists the weights; anything else after ':' meant a variant
         if base.startswith("tv/") and ":" not in base and suffix == suffix.upper():
             return None
-        close = [difflib.get_close_matches(t, OPTIONS, n=1) for t in suffix.split("+")]
-        guess = "+".join(c[0] if c else t for c, t in zip(close, suffix.split("+")))
+        close = [difflib.get_close_matches(t, OPTIONS, n=1) or [t] for t in suffix.split("+")]
+        guess = "+".join(c[0] for c in close)
         hint = f" Did you mean {base}:{guess}?" if parse_variant(guess) else ""
         raise ValueError(
             f"Unknown column variant {suffix!r} in {name!r}.{hint} Valid variants: "
@@ -298,5 +297,5 @@ register_variants(
     resolve_variant,
     "variants NAME:stages, NAME:flip, NAME:full and their '+' joins (every stage pooled + final; "
     "mirror-averaged; the full image, not centre-cropped)",
-    VARIANTS,
+    OPTIONS,
 )

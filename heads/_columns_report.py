@@ -71,10 +71,11 @@ def plot_columns(results: dict, path) -> bool:
     fig, ax = plt.subplots(figsize=(6.8, 4.0), dpi=120)
     for k, c in enumerate(cols):
         v = np.array([b["test"] for b in c["by_shots"]])
+        colour = COLUMN_COLOURS[k % len(COLUMN_COLOURS)]
         ax.errorbar(
             x + 0.04 * (k - len(cols) / 2), 100 * v,
             yerr=_yerr(v, [b["test_ci"] for b in c["by_shots"]]),
-            marker="o", capsize=3, color=COLUMN_COLOURS[k % len(COLUMN_COLOURS)], label=f"{c['column']} ({c['dim']} d)",
+            marker="o", capsize=3, color=colour, label=f"{c['column']} ({c['dim']} d)",
         )  # fmt: skip
     for name, rows in (results["columns"].get("references") or {}).items():
         by = {r["shots"]: r for r in rows}
